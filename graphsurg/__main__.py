@@ -1,0 +1,3 @@
+from graphsurg.cli import main
+
+main()

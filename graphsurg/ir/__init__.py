@@ -1,0 +1,12 @@
+"""graphsurg's IR: a façade over a networkx MultiDiGraph of ops and values."""
+
+from graphsurg.ir import dtypes
+from graphsurg.ir.graph import Graph, GraphError, all_graphs
+from graphsurg.ir.model import Model
+from graphsurg.ir.nodes import Attr, Op, Value
+from graphsurg.ir.tensor import ArrayTensor, DeferredTensor, ExternalLocation, ExternalTensor, Tensor
+
+__all__ = [
+    "ArrayTensor", "Attr", "DeferredTensor", "ExternalLocation", "ExternalTensor", "Graph", "GraphError",
+    "Model", "Op", "Tensor", "Value", "all_graphs", "dtypes",
+]

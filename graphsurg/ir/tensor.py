@@ -1,0 +1,132 @@
+"""Lazy tensors: shape, dtype and size are known without reading data; arrays are read-only.
+
+An edit never writes into a loaded tensor: it builds a new `ArrayTensor`. External data is
+memory-mapped only when `numpy()` is called, and serde copies it file to file on save.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphsurg.ir import dtypes
+
+
+class Tensor:
+    """A constant tensor value. Subclasses decide where the bytes live."""
+
+    dtype: int
+    shape: tuple[int, ...]
+    meta_blob: bytes | None = None  # serialized TensorProto fields the IR does not model (doc, metadata)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return dtypes.nbytes(self.dtype, self.size) if self.dtype != dtypes.BY_NAME["string"].code else 0
+
+    def numpy(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dtypes.name_of(self.dtype)}{list(self.shape)})"
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    if array.flags.writeable:
+        array = array.view()
+        array.flags.writeable = False
+    return array
+
+
+class ArrayTensor(Tensor):
+    """A tensor held in memory (made by passes, or decoded from a small proto)."""
+
+    def __init__(self, array: np.ndarray, dtype: int | None = None):
+        array = np.asarray(array)
+        self.dtype = dtype if dtype is not None else dtypes.from_numpy(array.dtype)
+        self.shape = tuple(int(d) for d in array.shape)
+        self._array = _readonly(np.ascontiguousarray(array) if array.ndim else array)
+
+    def numpy(self) -> np.ndarray:
+        return self._array
+
+
+class DeferredTensor(Tensor):
+    """A tensor decoded on first use by a loader callback (serde uses it for protobuf data)."""
+
+    def __init__(self, dtype: int, shape: tuple[int, ...], load: Callable[[], np.ndarray]):
+        self.dtype = dtype
+        self.shape = shape
+        self._load = load
+        self._array: np.ndarray | None = None
+
+    def numpy(self) -> np.ndarray:
+        if self._array is None:
+            self._array = _readonly(self._load())
+        return self._array
+
+
+@dataclass(frozen=True)
+class ExternalLocation:
+    """Where an external tensor's bytes are: an absolute file path, an offset and a length."""
+
+    path: str
+    offset: int
+    length: int
+
+
+class ExternalTensor(Tensor):
+    """Bytes in an external data file; memory-mapped read-only on demand, never copied in full."""
+
+    def __init__(self, dtype: int, shape: tuple[int, ...], location: ExternalLocation):
+        self.dtype = dtype
+        self.shape = shape
+        self.location = location
+
+    def numpy(self) -> np.ndarray:
+        np_dtype = dtypes.numpy_dtype(self.dtype)
+        if self.size == 0:
+            return _readonly(np.zeros(self.shape, np_dtype))
+        mapped = np.memmap(
+            self.location.path, dtype=np.uint8, mode="r", offset=self.location.offset,
+            shape=(self.location.length,),
+        )
+        count = self.location.length // np_dtype.itemsize
+        return _readonly(mapped.view(np_dtype)[:count].reshape(self.shape))
+
+    def copy_to(self, out_fd: int) -> None:
+        """Append this tensor's bytes to an open file, kernel to kernel where the OS allows."""
+        with open(self.location.path, "rb") as source:
+            copy_range(source.fileno(), self.location.offset, self.location.length, out_fd)
+
+
+_CHUNK = 16 << 20
+
+
+def copy_range(src_fd: int, offset: int, length: int, out_fd: int) -> None:
+    """Copy `length` bytes from `src_fd` at `offset` to the current position of `out_fd`."""
+    remaining = length
+    if hasattr(os, "copy_file_range"):
+        try:
+            while remaining:
+                done = os.copy_file_range(src_fd, out_fd, min(remaining, 1 << 30), offset + length - remaining)
+                if done == 0:
+                    break
+                remaining -= done
+        except OSError:
+            pass
+    position = offset + length - remaining
+    while remaining:
+        chunk = os.pread(src_fd, min(remaining, _CHUNK), position)
+        if not chunk:
+            raise OSError(f"external data ends early at byte {position}")
+        os.write(out_fd, chunk)
+        position += len(chunk)
+        remaining -= len(chunk)

@@ -1,0 +1,205 @@
+"""ONNX -> IR. The only module besides save.py that reads onnx protobufs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from graphsurg.errors import BadInputError
+from graphsurg.ir import Attr, Graph, GraphError, Model, Op, Value
+from graphsurg.serde.tensors import tensor_from_proto
+from graphsurg.serde.types import read_value_info
+
+_NODE_MODELED = ("input", "output", "name", "op_type", "domain", "attribute", "doc_string")
+_GRAPH_MODELED = ("node", "name", "initializer", "sparse_initializer", "doc_string", "input", "output", "value_info")
+_MODEL_MODELED = (
+    "ir_version", "opset_import", "producer_name", "producer_version", "domain", "model_version",
+    "doc_string", "graph", "metadata_props", "functions",
+)
+_ATTR_KINDS = {
+    onnx.AttributeProto.INT: "int", onnx.AttributeProto.FLOAT: "float", onnx.AttributeProto.STRING: "string",
+    onnx.AttributeProto.INTS: "ints", onnx.AttributeProto.FLOATS: "floats",
+    onnx.AttributeProto.STRINGS: "strings", onnx.AttributeProto.TENSOR: "tensor",
+    onnx.AttributeProto.GRAPH: "graph", onnx.AttributeProto.GRAPHS: "graphs",
+}
+
+
+def load(source: str | os.PathLike | bytes | onnx.ModelProto, base_dir: str | None = None) -> Model:
+    """Loads a model from a path, serialized bytes or a ModelProto; weights stay lazy.
+
+    Raises BadInputError with one readable line for anything that is not a usable ONNX model.
+    """
+    proto = parse(source)
+    if base_dir is None and isinstance(source, str | os.PathLike):
+        base_dir = str(Path(source).resolve().parent)
+    return from_proto(proto, base_dir)
+
+
+def parse(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if not path.is_file():
+            raise BadInputError(f"{path}: no such file")
+        data = path.read_bytes()
+        label = str(path)
+    else:
+        data, label = bytes(source), "<bytes>"
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise BadInputError(f"{label}: not an ONNX model (protobuf does not parse: {exc})") from None
+    _check_envelope(proto, label)
+    return proto
+
+
+def _check_envelope(proto: onnx.ModelProto, label: str) -> None:
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise BadInputError(f"{label}: not an ONNX model (no graph or IR version; truncated or another format?)")
+    if not proto.opset_import:
+        raise BadInputError(f"{label}: not a valid ONNX model (no opset imports; the file may be truncated)")
+
+
+def from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
+    graph = _graph_from_proto(proto.graph, None, base_dir)
+    try:
+        graph.verify()
+    except GraphError as exc:
+        raise BadInputError(f"invalid graph: {exc}") from None
+    return Model(
+        graph=graph,
+        ir_version=proto.ir_version,
+        opset_imports={o.domain: o.version for o in proto.opset_import},
+        producer_name=proto.producer_name,
+        producer_version=proto.producer_version,
+        domain=proto.domain,
+        model_version=proto.model_version,
+        doc_string=proto.doc_string,
+        metadata_props={p.key: p.value for p in proto.metadata_props},
+        functions=[f.SerializeToString(deterministic=True) for f in proto.functions],
+        rest_blob=_rest(proto, onnx.ModelProto, _MODEL_MODELED),
+        source_dir=base_dir,
+    )
+
+
+def _rest(proto, cls, modeled) -> bytes | None:
+    """The serialized fields of `proto` the IR does not model, or None when there are none."""
+    if all(field.name in modeled for field, _ in proto.ListFields()):
+        return None
+    rest = cls()
+    rest.CopyFrom(proto)
+    for field in modeled:
+        rest.ClearField(field)
+    return rest.SerializeToString(deterministic=True)
+
+
+def _graph_from_proto(gp: onnx.GraphProto, parent: Graph | None, base_dir: str | None) -> Graph:
+    graph = Graph(gp.name, parent)
+    graph.doc_string = gp.doc_string
+    graph.rest_blob = _rest(gp, onnx.GraphProto, _GRAPH_MODELED)
+    _load_initializers(graph, gp, base_dir)
+    for vi in gp.input:
+        value = graph.initializers.get(vi.name) or _new_value(graph, vi.name, "graph input")
+        read_value_info(value, vi)
+        graph.inputs.append(value)
+    for node in gp.node:
+        for name in node.output:
+            if name:
+                _new_value(graph, name, f"output of {node.op_type} {node.name!r}")
+    for node in gp.node:
+        _load_node(graph, node, base_dir)
+    graph.value_info_names = []
+    for vi in gp.value_info:
+        _load_value_info(graph, vi)
+    for vi in gp.output:
+        value = graph.lookup(vi.name)
+        if value is None:
+            raise BadInputError(f"graph output {vi.name!r} is produced by no node (dangling output)")
+        if value.graph is graph:
+            read_value_info(value, vi, overwrite=value.original_type_blob() is None)
+        graph.outputs.append(value)
+    return graph
+
+
+def _load_value_info(graph: Graph, vi: onnx.ValueInfoProto) -> None:
+    graph.value_info_names.append(vi.name)
+    value = graph._values.get(vi.name)
+    if value is None:
+        graph.orphan_value_info.append(vi.SerializeToString(deterministic=True))
+        return
+    read_value_info(value, vi)
+    value.in_value_info = True
+
+
+def _new_value(graph: Graph, name: str, what: str) -> Value:
+    if name in graph._values:
+        raise BadInputError(f"value {name!r} is defined twice (again as {what})")
+    return graph._register_value(Value(name))
+
+
+def _load_initializers(graph: Graph, gp: onnx.GraphProto, base_dir: str | None) -> None:
+    for tp in gp.initializer:
+        if tp.name in graph.initializers:
+            raise BadInputError(f"initializer {tp.name!r} is defined twice")
+        graph.add_initializer(tp.name, tensor_from_proto(tp, base_dir), fresh=False)
+    for sp in gp.sparse_initializer:
+        from graphsurg.serde.sparse import sparse_tensor_from_proto
+
+        name = sp.values.name
+        if name in graph.initializers:
+            raise BadInputError(f"initializer {name!r} is defined twice")
+        graph.add_initializer(name, sparse_tensor_from_proto(sp, base_dir), fresh=False)
+
+
+def _load_node(graph: Graph, node: onnx.NodeProto, base_dir: str | None) -> None:
+    inputs = []
+    for name in node.input:
+        if not name:
+            inputs.append(None)
+            continue
+        value = graph.lookup(name)
+        if value is None:
+            raise BadInputError(
+                f"node {node.name or node.op_type!r} reads {name!r}, which no node produces and is not an input "
+                "or initializer (dangling input)"
+            )
+        inputs.append(value)
+    outputs = [graph._values[name] if name else None for name in node.output]
+    op = Op(node.op_type, node.domain, node.name, doc_string=node.doc_string)
+    op.rest_blob = _rest(node, onnx.NodeProto, _NODE_MODELED)
+    op.attrs = {a.name: _attr_from_proto(a, graph, base_dir) for a in node.attribute}
+    graph.adopt_op(op, inputs, outputs)
+    for sub in op.subgraphs():
+        sub.owner = op
+    graph.refresh_captures(op)
+
+
+def _attr_from_proto(attr: onnx.AttributeProto, graph: Graph, base_dir: str | None) -> Attr:
+    kind = _ATTR_KINDS.get(attr.type)
+    if kind is None or attr.ref_attr_name:
+        return Attr("opaque", attr.SerializeToString(deterministic=True))
+    value: object
+    if kind == "int":
+        value = attr.i
+    elif kind == "float":
+        value = attr.f
+    elif kind == "string":
+        value = attr.s
+    elif kind == "ints":
+        value = list(attr.ints)
+    elif kind == "floats":
+        value = list(attr.floats)
+    elif kind == "strings":
+        value = list(attr.strings)
+    elif kind == "tensor":
+        value = tensor_from_proto(attr.t, base_dir)
+    elif kind == "graph":
+        value = _graph_from_proto(attr.g, graph, base_dir)
+    else:
+        value = [_graph_from_proto(g, graph, base_dir) for g in attr.graphs]
+    return Attr(kind, value, doc_string=attr.doc_string)
