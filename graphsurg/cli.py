@@ -49,16 +49,26 @@ def inspect(model: str, as_json: bool, top: int) -> None:
               help="Store weights in a .data file beside the model (default: as the input did).")
 @click.option("--size-threshold", default=1024, show_default=True, help="Smallest tensor (bytes) stored externally.")
 @click.option("--strict", is_flag=True, help="Exit 1 when the passes changed nothing.")
+@click.option("--data", type=click.Path(exists=True), help="Calibration/evaluation data (.npz or ONNX test-data folder).")
+@click.option("--labels", default="labels", show_default=True, help="Key of the labels array in --data.")
+@click.option("--batch-size", default=64, show_default=True, help="Batch size when passes run the model.")
+@click.option("--max-degradation", type=float, help="Budget for passes that trade accuracy (e.g. quantize fallback).")
+@click.option("--metric", default="agreement", show_default=True, help="Metric the budget is measured in.")
+@click.option("--seed", default=0, show_default=True, help="Seed for passes that draw random numbers.")
 def apply(model: str, output: str, specs: tuple[str, ...], changes: str | None, external_data: bool | None,
-          size_threshold: int, strict: bool) -> None:
+          size_threshold: int, strict: bool, data: str | None, labels: str, batch_size: int,
+          max_degradation: float | None, metric: str, seed: int) -> None:
     """Run passes on MODEL and write OUTPUT; with no -p it is a lossless round trip."""
     from graphsurg import serde
     from graphsurg.errors import BudgetExceeded
-    from graphsurg.pipeline import PassContext, make_pass, run_passes
+    from graphsurg.pipeline import make_pass, run_passes
+    from graphsurg.services import DataSpec, build_context
 
     passes = [make_pass(spec) for spec in specs]
     loaded = serde.load(model)
-    record = run_passes(loaded, passes, PassContext(strict=strict))
+    ctx = build_context(DataSpec(data, labels, batch_size) if data else None, seed=seed, strict=strict,
+                        max_degradation=max_degradation, metric=metric)
+    record = run_passes(loaded, passes, ctx)
     for result in record.results:
         for refusal in result.refused:
             click.echo(f"{result.pass_name}: left {refusal['target']}: {refusal['reason']}", err=True)
@@ -88,6 +98,22 @@ def list_passes(as_json: bool) -> None:
         click.echo(f"{name}: {entry['doc']}")
         for param in entry["params"]:
             click.echo(f"    {param['name']:<16} {param['type']:<32} default {param['default']}")
+
+
+def _add_feature_commands() -> None:
+    import importlib
+    import pkgutil
+
+    import graphsurg.commands as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        command = getattr(module, "command", None)
+        if isinstance(command, click.Command):
+            cli.add_command(command)
+
+
+_add_feature_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
