@@ -1,0 +1,129 @@
+"""Surgery magnitude ||Δθ|| / ||θ||, measured on the IR across passes.
+
+Parameters are identified by (op label, input port): passes keep op names (and unnamed ops are
+labelled by their first output, which passes keep too), so a snapshot before and after a pass,
+or before and after a save/load, pairs each layer's effective weight with itself. The effective
+weight of a port is its float initializer, or the dequantized value when the port reads a
+DequantizeLinear of constants (so quantization error counts as a change). A removed layer
+contributes its whole norm, a new layer (graft, new head) its whole norm; a tensor that shrank
+(excision) contributes ||θ||² - ||θ'||², exact when the kept entries are unchanged, as excision
+guarantees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphsurg.ir import Graph, Model, Op, Value, dtypes
+
+Key = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Param:
+    layer: str
+    name: str
+    array: np.ndarray
+
+
+def effective_params(model: Model) -> dict[Key, Param]:
+    """The float weights each op reads through a constant input, keyed by (op label, port)."""
+    graph = model.graph
+    found: dict[Key, Param] = {}
+    for op in graph.ops:
+        if op.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for port, value in enumerate(op.inputs):
+            array = _effective(graph, value)
+            if array is not None:
+                found[(op.label, port)] = Param(op.label, value.name, array)
+    return found
+
+
+def _effective(graph: Graph, value: Value | None) -> np.ndarray | None:
+    if value is None:
+        return None
+    if value.is_const:
+        return value.const.numpy() if value.dtype in dtypes.FLOAT_CODES and value.const.size > 1 else None
+    producer = graph.producer(value)
+    if producer is None or producer.op_type != "DequantizeLinear":
+        return None
+    arrays = [graph.const_value(v) for v in producer.inputs]
+    if any(a is None for a in arrays[:2]):
+        return None
+    return _dequantize(producer, *arrays)
+
+
+def _dequantize(op: Op, q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None) -> np.ndarray:
+    axis = op.attr("axis", 1)
+    shift = np.zeros_like(scale, dtype=np.float64) if zero is None else zero.astype(np.float64)
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * q.ndim
+        shape[axis % q.ndim] = -1
+        scale, shift = scale.reshape(shape), shift.reshape(shape)
+    return ((q.astype(np.float64) - shift) * scale).astype(np.float32)
+
+
+@dataclass
+class Delta:
+    layer: str
+    sq_change: float
+    sq_norm: float
+
+    @property
+    def relative(self) -> float:
+        return float(np.sqrt(self.sq_change / self.sq_norm)) if self.sq_norm else 0.0
+
+
+def compare(before: dict[Key, Param], after: dict[Key, Param]) -> list[Delta]:
+    """Per-layer squared change and squared original norm, in a stable order."""
+    deltas: dict[str, Delta] = {}
+    for key, change, norm in _pairs(before, after):
+        layer = (before.get(key) or after[key]).layer
+        entry = deltas.setdefault(layer, Delta(layer, 0.0, 0.0))
+        entry.sq_change += change
+        entry.sq_norm += norm
+    return [deltas[k] for k in sorted(deltas)]
+
+
+def _pairs(before: dict[Key, Param], after: dict[Key, Param]) -> Iterator[tuple[Key, float, float]]:
+    for key, old in before.items():
+        old_sq = _sq(old.array)
+        new = after.get(key)
+        if new is None:
+            yield key, old_sq, old_sq
+        elif new.array.shape == old.array.shape:
+            yield key, _sq(new.array.astype(np.float64) - old.array), old_sq
+        else:
+            yield key, abs(old_sq - _sq(new.array)), old_sq
+    for key, new in after.items():
+        if key not in before:
+            yield key, _sq(new.array), 0.0
+
+
+def _sq(array: np.ndarray) -> float:
+    flat = np.asarray(array, dtype=np.float64).ravel()
+    return float(flat @ flat)
+
+
+def summarize(deltas: list[Delta], total_sq_norm: float) -> dict:
+    """Global and per-layer relative magnitude, against the original model's total norm."""
+    change = sum(d.sq_change for d in deltas)
+    return {
+        "relative": float(np.sqrt(change / total_sq_norm)) if total_sq_norm else 0.0,
+        "absolute": float(np.sqrt(change)),
+        "per_layer": {d.layer: round(d.relative, 8) for d in deltas if d.sq_change > 0},
+    }
+
+
+def total_sq_norm(params: dict[Key, Param]) -> float:
+    seen: set[str] = set()
+    total = 0.0
+    for param in params.values():
+        if param.name not in seen:
+            seen.add(param.name)
+            total += _sq(param.array)
+    return total
