@@ -1,0 +1,197 @@
+"""`evaluate()`: the measurement behind `graphsurg eval` and the PassContext's `evaluate` service.
+
+One pass over the data runs the model (and the reference, when there is one) batch by batch and
+feeds streaming accumulators, so a large dataset is never held whole. The result is the JSON
+contract of `graphsurg eval --json` (see README "Measurement").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graphsurg.errors import BadInputError
+from graphsurg.eval.data import Batch, Dataset, open_dataset
+from graphsurg.eval.metrics import Fidelity, TaskMetrics, worst_over_outputs
+from graphsurg.eval.runner import Runner, model_bytes
+from graphsurg.ir import ExternalTensor, Model, all_graphs
+
+log = logging.getLogger(__name__)
+
+ModelLike = Model | str | os.PathLike
+METRIC_KEYS = ("loss", "accuracy", "agreement", "kl", "cosine", "sqnr_db", "max_abs", "mean_abs")
+
+
+def evaluate(model: ModelLike, data: Any = None, *, ref: ModelLike | None = None, labels: str | None = None,
+             batch_size: int | None = None, provider: str | None = None, threads: int | None = None,
+             dims: Mapping[str, int] | None = None, samples: int = 64, seed: int = 0, latency_runs: int = 0,
+             warmup: int = 3, per_layer: bool = False, value_map: Mapping[str, str | None] | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """Measures `model` on `data`, against labels and (with `ref`) against a reference model.
+
+    Args:
+        model: an IR `Model` or a model file path.
+        data: a `services.DataSpec`, a `.npz` / test-data folder path, an opened `Dataset`, or None
+            for seeded synthetic inputs (`samples` rows, symbolic sizes from `dims`).
+        ref: the reference model (IR or path); without it, stored `output_*.pb` of ONNX test data
+            serve as the reference, else fidelity metrics are None.
+        labels, batch_size, provider: override the DataSpec's (defaults "labels", 64, "cpu").
+        latency_runs: timed runs at `batch_size` after `warmup` untimed ones (0: no latency).
+        per_layer: also compare every matched intermediate tensor (see `compare.py`);
+            `value_map` maps reference tensor names to the model's (from a change record).
+        progress: draw a progress bar on stderr (when it is a terminal).
+
+    Returns:
+        the `graphsurg eval --json` dict without the `model` path (the CLI adds it).
+    """
+    path, labels, batch_size, provider = _resolve_data(data, labels, batch_size, provider)
+    runner = Runner(model, provider, threads, expose=per_layer)
+    ref_runner = Runner(ref, provider, threads, expose=per_layer) if ref is not None else None
+    dataset = data if isinstance(data, Dataset) else open_dataset(path, runner.signature, labels, dims, samples, seed)
+    if ref_runner is not None and path is not None and not isinstance(data, Dataset):
+        open_dataset(path, ref_runner.signature, labels, dims, samples, seed)  # the data must fit the reference too
+    pairs = output_pairs(runner.output_names, ref_runner.output_names if ref_runner else None, dataset)
+    measure = _Measurement(runner.output_names, pairs)
+    comparison = _comparison(runner, ref_runner, value_map) if per_layer and ref_runner else None
+    first: Batch | None = None
+    for batch, outputs in runner.iterate(dataset, batch_size, progress):
+        first = first or batch
+        reference = ref_runner.run(batch.inputs) if ref_runner else batch.expected
+        measure.update(batch, outputs, reference)
+        if comparison is not None:
+            comparison.update(outputs, reference)
+    result = measure.result(dataset.samples)
+    result.update(ref=None if ref is None else _label(ref),
+                  reference="model" if ref_runner else ("data" if pairs else None),
+                  data=dataset.source, provider=runner.provider, provider_note=runner.note,
+                  latency_ms=_latency(runner, model, provider, threads, first, latency_runs, warmup),
+                  size_bytes=size_bytes(model),
+                  per_layer=comparison.result() if comparison is not None else None)
+    if per_layer and ref_runner is None:
+        result["per_layer"] = {"error": "per-layer comparison needs a reference model (--ref)"}
+    return result
+
+
+def _resolve_data(data: Any, labels: str | None, batch_size: int | None,
+                  provider: str | None) -> tuple[str | None, str, int, str]:
+    """Path, labels key, batch size and provider from a DataSpec (explicit arguments win)."""
+    spec_labels, spec_batch, spec_provider, path = "labels", 64, "cpu", None
+    if isinstance(data, str | os.PathLike):
+        path = str(data)
+    elif data is not None and not isinstance(data, Dataset):  # a services.DataSpec (duck-typed: no import cycle)
+        path, spec_labels = data.path, data.labels
+        spec_batch, spec_provider = data.batch_size, data.provider
+    batch = batch_size or spec_batch
+    if batch < 1:
+        raise BadInputError(f"batch size must be at least 1, got {batch}")
+    return path, labels or spec_labels, batch, provider or spec_provider
+
+
+def output_pairs(outputs: Sequence[str], ref_outputs: Sequence[str] | None,
+                 dataset: Dataset) -> dict[str, str]:
+    """Model output -> reference output: by name, else by position when the counts agree."""
+    if ref_outputs is None:
+        if not dataset.has_expected:
+            return {}
+        ref_outputs = list(outputs)  # test data is assigned to the model's own output names
+    ref_set = set(ref_outputs)
+    if all(name in ref_set for name in outputs):
+        return {name: name for name in outputs}
+    if len(outputs) == len(ref_outputs):
+        log.info("outputs differ in name; pairing them by position")
+        return dict(zip(outputs, ref_outputs, strict=True))
+    pairs = {name: name for name in outputs if name in ref_set}
+    if not pairs:
+        raise BadInputError(f"the model's outputs ({', '.join(outputs)}) and the reference's "
+                            f"({', '.join(ref_outputs)}) share no name and differ in number")
+    return pairs
+
+
+class _Measurement:
+    """Task metrics per output (when labels fit it) and fidelity per paired output."""
+
+    def __init__(self, outputs: Sequence[str], pairs: dict[str, str]):
+        self.outputs = list(outputs)
+        self.pairs = pairs
+        self.task = {name: TaskMetrics(name) for name in outputs}
+        self.fidelity = {name: Fidelity(name) for name in pairs}
+        self.task_output: str | None = None  # the first output the labels fit
+
+    def update(self, batch: Batch, outputs: dict[str, np.ndarray], reference: dict | None) -> None:
+        if batch.labels is not None:
+            if self.task_output is None:
+                self.task_output = self._pick_task_output(outputs, batch.labels)
+            if self.task_output is not None:
+                self.task[self.task_output].update(outputs[self.task_output], batch.labels)
+        if reference is not None:
+            for name, ref_name in self.pairs.items():
+                if ref_name in reference:
+                    self.fidelity[name].update(outputs[name], reference[ref_name])
+
+    def _pick_task_output(self, outputs: dict[str, np.ndarray], labels: np.ndarray) -> str | None:
+        for name in self.outputs:
+            if TaskMetrics.applies(outputs[name], labels):
+                return name
+        shapes = ", ".join(f"{n} {list(outputs[n].shape)}" for n in self.outputs)
+        log.warning("labels %s fit no output (%s); loss and accuracy are not measured", list(labels.shape), shapes)
+        return ""
+
+    def result(self, samples: int) -> dict[str, Any]:
+        per_output = {}
+        for name in self.outputs:
+            entry: dict[str, Any] = {}
+            if name == self.task_output:
+                entry.update(self.task[name].result())
+            if name in self.fidelity:
+                entry.update(self.fidelity[name].result())
+            per_output[name] = entry
+        fidelity = worst_over_outputs({n: self.fidelity[n].result() for n in self.fidelity})
+        task = self.task[self.task_output].result() if self.task_output else {"loss": None, "accuracy": None,
+                                                                              "loss_kind": None}
+        metrics = {key: (task if key in ("loss", "accuracy") else fidelity).get(key) for key in METRIC_KEYS}
+        metrics["sqnr_infinite"] = bool(fidelity.get("sqnr_infinite"))
+        metrics["loss_kind"] = task.get("loss_kind")
+        return {"samples": samples, "metrics": metrics, "per_output": per_output, "task_output": self.task_output
+                or None}
+
+
+def _comparison(runner: Runner, ref_runner: Runner, value_map):
+    from graphsurg.eval.compare import LayerComparison
+
+    return LayerComparison(runner.model, ref_runner.model, value_map)
+
+
+def _latency(runner: Runner, model: ModelLike, provider: str, threads: int | None, batch: Batch | None,
+             runs: int, warmup: int) -> dict[str, Any]:
+    """Latency at the first batch's size; a runner with exposed intermediates is not timed."""
+    if runs <= 0 or batch is None:
+        return {"median": None, "p90": None, "batch": None}
+    timed = runner if not runner.exposed else Runner(model, provider, threads)
+    return timed.latency(batch.inputs, runs, warmup)
+
+
+def size_bytes(model: ModelLike) -> int:
+    """Bytes on disk: the file plus its external data files; for an in-memory model, its serialized
+    size with the weights inline (external tensors counted by their length)."""
+    if not isinstance(model, Model):
+        from graphsurg import serde
+
+        files = {str(Path(model).resolve())} | _external_files(serde.load(model))
+        return sum(os.path.getsize(f) for f in files)
+    if any(isinstance(v.const, ExternalTensor) for g in all_graphs(model.graph) for v in g.initializers.values()):
+        return sum(v.const.nbytes for g in all_graphs(model.graph) for v in g.initializers.values())
+    return len(model_bytes(model))
+
+
+def _external_files(model: Model) -> set[str]:
+    return {v.const.location.path for g in all_graphs(model.graph) for v in g.initializers.values()
+            if isinstance(v.const, ExternalTensor)}
+
+
+def _label(model: ModelLike) -> str:
+    return "<model>" if isinstance(model, Model) else str(model)

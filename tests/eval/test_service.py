@@ -1,0 +1,79 @@
+"""evaluate(): bundled accuracies, self-comparison, the PassContext service, test-data references."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import onnx
+import pytest
+
+from graphsurg import serde
+from graphsurg.eval import evaluate
+from graphsurg.services import DataSpec, build_context
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+ONNX_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
+TEST = MODELS / "digits_test.npz"
+
+
+def recorded_accuracy(model: str) -> float:
+    """The test accuracy models/README.md records for `model`."""
+    for line in (MODELS / "README.md").read_text().splitlines():
+        match = re.match(rf"\|\s*`{model}\.onnx`\s*\|.*\|\s*([0-9.]+)\s*\|\s*$", line)
+        if match:
+            return float(match.group(1))
+    raise AssertionError(f"models/README.md records no accuracy for {model}")
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn", "digits_vit"])
+def test_bundled_accuracy_and_self_fidelity(name):
+    path = MODELS / f"{name}.onnx"
+    result = evaluate(path, str(TEST), ref=path)
+    metrics = result["metrics"]
+    assert result["samples"] == 360
+    assert round(metrics["accuracy"], 4) == recorded_accuracy(name)
+    assert metrics["agreement"] == 1.0 and metrics["kl"] == 0.0 and metrics["max_abs"] == 0.0
+    assert metrics["sqnr_db"] is None and metrics["sqnr_infinite"] is True
+    assert metrics["loss_kind"] == "cross_entropy" and metrics["loss"] > 0
+    assert result["per_output"]["logits"]["sqnr_infinite"] is True
+    assert result["size_bytes"] == path.stat().st_size
+
+
+def test_no_reference_leaves_fidelity_null():
+    result = evaluate(MODELS / "digits_mlp.onnx", TEST)
+    assert result["ref"] is None and result["reference"] is None
+    for key in ("agreement", "kl", "cosine", "sqnr_db", "max_abs", "mean_abs"):
+        assert result["metrics"][key] is None
+    assert result["latency_ms"] == {"median": None, "p90": None, "batch": None}
+
+
+def test_other_model_as_reference_degrades_fidelity():
+    result = evaluate(MODELS / "digits_mlp.onnx", TEST, ref=MODELS / "digits_cnn.onnx")
+    metrics = result["metrics"]
+    assert 0.9 < metrics["agreement"] < 1.0 and metrics["kl"] > 0 and metrics["sqnr_db"] is not None
+    assert metrics["sqnr_infinite"] is False and metrics["max_abs"] > 0
+
+
+def test_pass_context_service_uses_the_dataspec():
+    ctx = build_context(DataSpec(str(TEST), batch_size=100))
+    model = serde.load(MODELS / "digits_cnn.onnx")
+    result = ctx.evaluate(model, "test", ref=serde.load(MODELS / "digits_cnn.onnx"))
+    assert round(result["metrics"]["accuracy"], 4) == recorded_accuracy("digits_cnn")
+    assert result["metrics"]["agreement"] == 1.0
+    assert result["size_bytes"] > 0
+
+
+def test_test_data_outputs_are_the_reference():
+    case = ONNX_DATA / "pytorch-converted" / "test_Conv2d"
+    result = evaluate(case / "model.onnx", case)
+    assert result["reference"] == "data" and result["ref"] is None
+    assert result["metrics"]["cosine"] > 0.999999 and result["metrics"]["max_abs"] < 1e-4
+
+
+def test_synthetic_data_with_dims_and_latency():
+    result = evaluate(MODELS / "digits_vit.onnx", None, dims={"batch": 4}, samples=8, latency_runs=3, warmup=1,
+                      ref=MODELS / "digits_vit.onnx")
+    assert result["samples"] == 8 and result["data"].startswith("synthetic")
+    assert result["latency_ms"]["batch"] == 4 and result["latency_ms"]["median"] > 0
+    assert result["metrics"]["accuracy"] is None and result["metrics"]["agreement"] == 1.0
