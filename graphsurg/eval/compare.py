@@ -26,6 +26,7 @@ from graphsurg.eval.metrics import ErrorStats
 from graphsurg.ir import Model
 
 JUMP_DB = 10.0
+_NOT_FLOAT = "not floating point"
 NOISE_FLOOR_DB = 100.0
 
 
@@ -71,6 +72,9 @@ class LayerComparison:
             if reason:
                 self.skipped[pair.name] = reason
                 continue
+            if out.dtype.kind != "f":
+                self.skipped[pair.name] = _NOT_FLOAT  # shape arithmetic, indices: no SQNR to speak of
+                continue
             self.stats[pair.name].add(np.asarray(out, np.float64), np.asarray(ref, np.float64))
 
     def result(self) -> dict:
@@ -78,6 +82,8 @@ class LayerComparison:
         first_jump = None
         for pair in self.pairs:
             row = {"name": pair.name, "ref_name": pair.ref_name, "op": pair.op, "op_type": pair.op_type}
+            if self.skipped.get(pair.name) == _NOT_FLOAT:
+                continue
             if pair.name in self.skipped:
                 rows.append({**row, "sqnr_db": None, "sqnr_infinite": False, "max_abs": None,
                              "mean_abs": None, "skipped": self.skipped[pair.name], "jump": False})
@@ -91,7 +97,9 @@ class LayerComparison:
             if jump and first_jump is None:
                 first_jump = pair.name
             rows.append({**row, **stats.result(), "jump": jump})
-        return {"tensors": rows, "first_jump": first_jump, "jump_db": JUMP_DB, "noise_floor_db": NOISE_FLOOR_DB,
+        non_float = sum(reason == _NOT_FLOAT for reason in self.skipped.values())
+        return {"tensors": rows, "first_jump": first_jump, "non_float_skipped": non_float, "jump_db": JUMP_DB,
+                "noise_floor_db": NOISE_FLOOR_DB,
                 "unmatched": {"model": self.unmatched_model, "ref": self.unmatched_ref}}
 
 
@@ -103,8 +111,8 @@ def _produced(model: Model) -> list[str]:
 def _incomparable(out, ref) -> str | None:
     if not isinstance(out, np.ndarray) or not isinstance(ref, np.ndarray):
         return "not a tensor in one of the runs"
-    if out.dtype.kind != "f" or ref.dtype.kind != "f":
-        return f"not floating point ({out.dtype.name})"
+    if out.dtype.kind != ref.dtype.kind:
+        return f"dtype {out.dtype.name} vs reference {ref.dtype.name}"
     if out.shape != ref.shape:
         return f"shape {list(out.shape)} vs reference {list(ref.shape)}"
     return None
@@ -120,9 +128,11 @@ def value_map_from_record(path: str | Path) -> dict[str, str | None]:
     mapping: dict[str, str | None] = {}
     for entry in record.get("passes", []):
         step = (entry.get("changes") or {}).get("value_map") or {}
+        produced = set(mapping.values())
         for old, new in list(mapping.items()):
             if new is not None and new in step:
                 mapping[old] = step[new]
         for old, new in step.items():
-            mapping.setdefault(old, new)
+            if old not in produced:  # a name an earlier pass made is not a reference tensor
+                mapping.setdefault(old, new)
     return mapping

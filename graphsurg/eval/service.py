@@ -144,7 +144,8 @@ class _Measurement:
     def result(self, samples: int) -> dict[str, Any]:
         per_output = {}
         for name in self.outputs:
-            entry: dict[str, Any] = {}
+            # every output lists every metric, null where it does not apply
+            entry: dict[str, Any] = {**dict.fromkeys(METRIC_KEYS), "sqnr_infinite": False, "loss_kind": None}
             if name == self.task_output:
                 entry.update(self.task[name].result())
             if name in self.fidelity:
