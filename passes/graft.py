@@ -71,7 +71,11 @@ class Graft(Pass):
         sites = self._auto_sites(graph, result) if self.params.after == "auto" else self._named_sites(graph)
         inserted = [self._insert(graph, site, result) for site in sites]
         result.modified = bool(inserted)
-        result.changes = {"inserted": inserted}
+        # A graft after a graph output hands the output's name to the graft; the tensor that had
+        # it is renamed, which per-layer comparison (`graphsurg eval --changes`) needs to know.
+        renamed = {entry["after"]: site.value.name for entry, site in zip(inserted, sites, strict=True)
+                   if entry["after"] != site.value.name}
+        result.changes = {"inserted": inserted, "value_map": renamed}
         layers = sum(len(entry["layers"]) for entry in inserted)
         result.summary = f"grafted {layers} identity layer(s) after {len(inserted)} value(s)"
         if not inserted:

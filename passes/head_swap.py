@@ -57,8 +57,10 @@ class _Head:
 
 
 class HeadSwap(Pass):
-    """Replaces the head: the last parametric layer feeding graph outputs through parameter-free
-    ops, with a fresh layer of `classes` outputs, and updates the outputs' shapes.
+    """Replaces the classifier head with a fresh layer of `classes` outputs.
+
+    The head is the last parametric layer feeding graph outputs through parameter-free ops; the
+    outputs' shapes are updated.
 
     Handles: Gemm (either weight layout), MatMul with a constant weight and an optional constant
     bias Add after it, and Conv heads (e.g. a 1x1 classifier Conv before global pooling), reaching
@@ -89,7 +91,7 @@ class HeadSwap(Pass):
             set_dim(value, axis, self.params.classes)
         for op in head.reshape_fixes:
             _fix_reshape(graph, op, old, self.params.classes)
-        removed = [] if self.params.keep_softmax else self._remove_normalizers(graph, head, result)
+        removed, renamed = ([], {}) if self.params.keep_softmax else self._remove_normalizers(graph, head, result)
         result.new_parameters.extend(parameters)
         result.touch(*parameters)
         result.modified = True
@@ -97,7 +99,7 @@ class HeadSwap(Pass):
         result.changes = {
             "head": head.layer.op.label, "op_type": head.layer.op.op_type,
             "classes": {"from": old, "to": self.params.classes}, "outputs": outputs,
-            "init": self.params.init, "new_parameters": parameters, "removed": removed,
+            "init": self.params.init, "new_parameters": parameters, "removed": removed, "value_map": renamed,
         }
         result.summary = f"swapped head {head.layer.op.label}: {old} -> {self.params.classes} outputs"
 
@@ -136,8 +138,10 @@ class HeadSwap(Pass):
             names.append(replace_const(graph, add, port, _zero_bias(graph.const_value(add.inputs[port]), n)).name)
         return names
 
-    def _remove_normalizers(self, graph: Graph, head: _Head, result: PassResult) -> list[str]:
-        removed = []
+    def _remove_normalizers(self, graph: Graph, head: _Head, result: PassResult) -> tuple[list[str], dict]:
+        """Bypasses Softmax/LogSoftmax on the path; returns their labels and the tensor renames
+        (reference name -> new name, None for a tensor that is gone) for the change record."""
+        removed, renamed = [], {}
         for op in [graph.producer(v) for v in list(head.path)]:
             if op is None or op.op_type not in _NORMALIZERS or not is_default(op):
                 continue
@@ -148,10 +152,12 @@ class HeadSwap(Pass):
             label, is_output, name = op.label, target in graph.outputs, target.name
             graph.replace_all_uses(target, source)
             graph.remove_op(op)
+            renamed[name] = None
             if is_output:
+                renamed[source.name] = name
                 graph.rename_value(source, name)  # the model's interface keeps the output's name
             removed.append(label)
-        return removed
+        return removed, renamed
 
 
 def candidate_heads(graph: Graph) -> dict[Op, _Head | str]:

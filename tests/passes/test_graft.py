@@ -107,6 +107,8 @@ def test_graft_after_a_graph_output_keeps_its_name(x):
     before = run(model, x)[0]
     result = apply(model, "graft{after=logits}")
     assert [v.name for v in model.graph.outputs] == ["logits"]
+    (renamed,) = result.changes["value_map"].items()  # the head's own output now has another name
+    assert renamed[0] == "logits" and model.graph.producer(model.graph.value(renamed[1])).name == "/head/Gemm"
     assert model.graph.producer(model.graph.outputs[0]).name == result.changes["inserted"][0]["layers"][0]["ops"][-1]
     assert max_diff(before, run(model, x)[0]) <= TOLERANCE
 

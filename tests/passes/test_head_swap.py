@@ -90,6 +90,7 @@ def test_softmax_is_kept_or_removed(x):
     dropped = _with_softmax_output("digits_mlp")
     result = apply(dropped, "head-swap{classes=5,keep_softmax=false}")
     assert result.changes["removed"] == ["probs"] and "Softmax" not in {op.op_type for op in dropped.graph.ops}
+    assert result.changes["value_map"] == {"logits": None, "logits_1": "logits"}  # probabilities gone, logits back
     assert [v.name for v in dropped.graph.outputs] == ["logits"]
     assert dropped.graph.producer(dropped.graph.outputs[0]).name == "/net/net.5/Gemm"
     assert run(dropped, x)[0].shape == (len(x), 5)
