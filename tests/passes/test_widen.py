@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from graphsurg.passes.widen import eligible_nodes
+from onnx import TensorProto, helper, numpy_helper
 
 from graphsurg import serde
 from graphsurg.errors import UsageError
@@ -146,3 +147,25 @@ def test_missing_node_lists_the_eligible_ones():
 def test_bad_widths_are_usage_errors(spec, message):
     with pytest.raises(UsageError, match=message):
         apply(load("digits_mlp"), spec) if "width" in spec else make(spec)
+
+
+def test_shared_weights_are_not_altered_for_their_other_reader():
+    """A consumer weight another layer also reads (tied weights) is copied, not rewritten."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1, name="grow"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1, name="reader"),
+             helper.make_node("Gemm", ["x", "w2"], ["z"], transB=1, name="tied")]
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("w1", (4, 4)), ("w2", (3, 4)))]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 3]) for n in "yz"], inits)
+    model = serde.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    data = rng.normal(size=(5, 4)).astype(np.float32)
+    before = run(model, data)
+    result = apply(model, "widen{node=grow,width=7}")
+    after = run(model, data)
+    assert model.graph.find_op("tied").inputs[1].name == "w2" and model.graph.value("w2").shape == (3, 4)
+    reader_weight = model.graph.find_op("reader").inputs[1]
+    assert reader_weight.name != "w2" and reader_weight.shape == (3, 7) and reader_weight.name in result.touched
+    assert all(max_diff(b, a) <= TOLERANCE for b, a in zip(before, after, strict=True))
