@@ -1,0 +1,123 @@
+"""Carrying out an excision plan: slice every member constant, update every fixup, shrink the
+recorded shapes. Everything is computed from the labels first, then the graph is edited."""
+
+from __future__ import annotations
+
+import numpy as np
+from graphsurg.passes._depgraph import DepGraph, Fixup
+from graphsurg.passes._excise_reshape import apply_shape_patch
+from graphsurg.passes._excise_weights import (
+    WeightRef,
+    materialize,
+    refresh_chain_shapes,
+    replace_effective,
+    resolve_weight,
+    write_source,
+)
+
+from graphsurg.ir import Graph
+
+
+class Excision:
+    """Keeps the removed class roots and answers "which indices stay" for any label array."""
+
+    def __init__(self, dep: DepGraph, removed: set[int]):
+        self.dep, self.graph = dep, dep.graph
+        self.removed = np.array(sorted(removed), dtype=np.int64)
+
+    def keep(self, labels: np.ndarray) -> np.ndarray:
+        return ~np.isin(self.dep.labels.roots(labels), self.removed)
+
+    def run(self) -> list[str]:
+        """Applies the plan; returns the initializers it changed or created."""
+        slices = self._slices()
+        sizes = {value: {axis: int(self.keep(labels).sum()) for axis, labels in slots.items()}
+                 for value, slots in self.dep.slots.items()}
+        touched = [name for ref, axes in slices.values() for name in _slice(self.graph, ref, axes)]
+        for fixup in self.dep.fixups:
+            self._fixup(fixup, sizes)
+        for value, new in sizes.items():
+            if value.shape is not None:
+                value.shape = tuple(new.get(a, d) if isinstance(d, int) else d for a, d in enumerate(value.shape))
+        return touched
+
+    def _slices(self) -> dict[tuple, tuple[WeightRef, dict[int, np.ndarray]]]:
+        slices: dict[tuple, tuple[WeightRef, dict[int, np.ndarray]]] = {}
+        for member in self.dep.members:
+            keep = self.keep(member.labels)
+            if keep.all():
+                continue
+            ref, axes = slices.setdefault(member.ref.key, (member.ref, {}))
+            if member.axis in axes and not np.array_equal(axes[member.axis], keep):
+                raise AssertionError(f"{member.ref.name}: two groups disagree on axis {member.axis}")
+            axes[member.axis] = keep
+        return slices
+
+    def _fixup(self, fixup: Fixup, sizes: dict) -> None:
+        op, opset = fixup.op, self.dep.model.opset
+        if fixup.kind == "reshape":
+            self_sizes = sizes.get(op.outputs[0], {})
+            apply_shape_patch(self.graph, op, fixup.data, {a: self_sizes[a] for a in fixup.data["axes"]})
+            return
+        keep = self.keep(fixup.labels)
+        if keep.all():
+            return
+        if fixup.kind == "conv_groups":
+            self.graph.set_attrs(op, group=int(keep.sum()))
+        elif fixup.kind == "split":
+            _split(self.graph, op, keep, fixup, opset)
+        elif fixup.kind == "slice":
+            _slice_bounds(self.graph, op, keep, fixup, opset)
+        elif fixup.kind == "gather":
+            ref = resolve_weight(self.graph, op, 1)
+            picked = np.asarray(ref.effective(), dtype=np.int64) % len(keep)
+            position = np.cumsum(keep) - 1
+            replace_effective(self.graph, ref, position[picked[keep[picked]]].astype(ref.effective().dtype),
+                              "excised")
+
+
+def _slice(graph: Graph, ref: WeightRef, axes: dict[int, np.ndarray]) -> list[str]:
+    """Slices the constant behind `ref` along effective axes; in place when the chain allows."""
+    mapped = {ref.source_axis(a): keep for a, keep in axes.items()} if ref.exclusive else {None: None}
+    if None not in mapped:
+        array = ref.source_array()
+        for axis, keep in mapped.items():
+            array = np.compress(keep, array, axis=axis)
+        write_source(graph, ref, array)
+        refresh_chain_shapes(ref)
+        return [ref.name] if ref.is_initializer else []
+    array = ref.effective()
+    for axis, keep in axes.items():
+        array = np.compress(keep, array, axis=axis)
+    return [materialize(graph, ref, array, "excised").name]
+
+
+def _split(graph: Graph, op, keep: np.ndarray, fixup: Fixup, opset: int) -> None:
+    offsets = np.cumsum([0, *fixup.data["sizes"]])
+    sizes = [int(keep[offsets[i]:offsets[i + 1]].sum()) for i in range(len(offsets) - 1)]
+    if opset < 13:
+        graph.set_attrs(op, split=sizes)
+        return
+    array = np.array(sizes, dtype=np.int64)
+    if len(op.inputs) > 1 and op.inputs[1] is not None:
+        replace_effective(graph, resolve_weight(graph, op, 1), array, "excised")
+    else:
+        graph.set_input(op, 1, graph.add_initializer(f"{op.name or op.outputs[0].name}_split", array))
+        graph.set_attrs(op, num_outputs=None)
+
+
+def _slice_bounds(graph: Graph, op, keep: np.ndarray, fixup: Fixup, opset: int) -> None:
+    index, start, end = fixup.data["index"], fixup.data["start"], fixup.data["end"]
+    new_start = int(keep[:start].sum())
+    new_end = new_start + int(keep[start:max(start, end)].sum())
+    if opset < 10:
+        for name, value in (("starts", new_start), ("ends", new_end)):
+            values = list(op.attr(name))
+            values[index] = value
+            graph.set_attrs(op, **{name: values})
+        return
+    for port, value in ((1, new_start), (2, new_end)):
+        ref = resolve_weight(graph, op, port)
+        array = np.array(ref.effective(), copy=True)
+        array.reshape(-1)[index] = value
+        replace_effective(graph, ref, array, "excised")
