@@ -32,13 +32,27 @@ def looks_like_probabilities(array: np.ndarray, axis: int = -1) -> bool:
     return bool(np.all(np.abs(array.sum(axis=axis) - 1.0) <= _PROB_TOL))
 
 
-def log_probabilities(array: np.ndarray, probabilities: bool, axis: int = -1) -> np.ndarray:
-    """log p along `axis`: log_softmax of logits, or the clipped log of probabilities."""
-    x = np.asarray(array, dtype=np.float64)
+def class_rows(array: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The scores as a 2-D (rows, classes) array with the class axis last, at least float32."""
+    moved = array if axis in (-1, array.ndim - 1) else np.moveaxis(array, axis, -1)
+    rows = moved.reshape(-1, moved.shape[-1])
+    return rows.astype(np.float32) if rows.dtype.itemsize < 4 else rows
+
+
+def log_softmax_rows(rows: np.ndarray, probabilities: bool, best: np.ndarray | None = None) -> np.ndarray:
+    """log p per row (float64): log-softmax of logits, or the clipped log of probabilities.
+
+    Reductions over a short class axis are slow in numpy, so the row maximum is read at the argmax
+    (`best`, often computed anyway) and the row sum is a matrix-vector product.
+    """
     if probabilities:
-        return np.log(np.clip(x, _EPS, None))
-    shifted = x - x.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        return np.log(np.clip(rows.astype(np.float64), _EPS, None))
+    if best is None:
+        best = rows.argmax(axis=1)
+    top = rows[np.arange(len(rows)), best][:, None]
+    shifted = rows - top  # <= 0: exp cannot overflow in the scores' own precision
+    norm = np.exp(shifted) @ np.ones(rows.shape[1], rows.dtype)
+    return shifted.astype(np.float64) - np.log(norm.astype(np.float64))[:, None]
 
 
 def is_classification_like(array: np.ndarray) -> bool:
@@ -124,7 +138,7 @@ class Fidelity:
         if self.floating:
             self._cosine(x, r)
         if self.classes:
-            self._classes(x, r)
+            self._classes(out, ref)
 
     def _cosine(self, x: np.ndarray, r: np.ndarray) -> None:
         rows_x = x.reshape(x.shape[0], -1) if x.ndim >= 2 else x.reshape(1, -1)
@@ -136,12 +150,14 @@ class Fidelity:
         self.cos_sum += float(np.clip(cos, -1.0, 1.0).sum())  # rounding can overshoot 1 slightly
         self.samples += len(cos)
 
-    def _classes(self, x: np.ndarray, r: np.ndarray) -> None:
-        self.agree += int(np.count_nonzero(x.argmax(axis=-1) == r.argmax(axis=-1)))
-        log_ref = log_probabilities(r, self.probabilities)
-        log_out = log_probabilities(x, self.probabilities)
+    def _classes(self, out: np.ndarray, ref: np.ndarray) -> None:
+        rows_out, rows_ref = class_rows(out), class_rows(ref)
+        best_out, best_ref = rows_out.argmax(axis=1), rows_ref.argmax(axis=1)
+        self.agree += int(np.count_nonzero(best_out == best_ref))
+        log_ref = log_softmax_rows(rows_ref, self.probabilities, best_ref)
+        log_out = log_softmax_rows(rows_out, self.probabilities, best_out)
         self.kl_sum += float(np.sum(np.exp(log_ref) * (log_ref - log_out)))
-        self.rows += r.size // r.shape[-1]
+        self.rows += len(rows_ref)
 
     def result(self) -> dict:
         empty = {"agreement": None, "kl": None, "cosine": None, "sqnr_db": None, "sqnr_infinite": False,
@@ -201,15 +217,23 @@ class TaskMetrics:
             self._classify(out, labels.astype(np.int64, copy=False))
 
     def _classify(self, out: np.ndarray, labels: np.ndarray) -> None:
-        classes = out.shape[self.axis]
-        if labels.size and (labels.min() < 0 or labels.max() >= classes):
-            bad = int(labels.max() if labels.max() >= classes else labels.min())
+        rows, flat = class_rows(out, self.axis), labels.reshape(-1)
+        classes = rows.shape[1]
+        if flat.size and (flat.min() < 0 or flat.max() >= classes):
+            bad = int(flat.max() if flat.max() >= classes else flat.min())
             raise BadInputError(f"labels hold class {bad} but output {self.name!r} has {classes} classes")
-        log_p = log_probabilities(out, self.probabilities, self.axis)
-        picked = np.take_along_axis(log_p, np.expand_dims(labels, self.axis), axis=self.axis)
-        self.loss_sum -= float(picked.sum())
-        self.correct += int(np.count_nonzero(out.argmax(axis=self.axis) == labels))
-        self.count += labels.size
+        best = rows.argmax(axis=1)
+        self.correct += int(np.count_nonzero(best == flat))
+        index = np.arange(len(flat))
+        picked = rows[index, flat].astype(np.float64)
+        if self.probabilities:
+            self.loss_sum -= float(np.log(np.clip(picked, _EPS, None)).sum())
+        else:
+            # -log p[label] = logsumexp(x) - x[label]: only the picked entries, no log-softmax matrix
+            top = rows[index, best]
+            norm = np.exp(rows - top[:, None]) @ np.ones(classes, rows.dtype)
+            self.loss_sum += float((top.astype(np.float64) + np.log(norm.astype(np.float64)) - picked).sum())
+        self.count += flat.size
 
     def result(self) -> dict:
         if not self.count:

@@ -112,6 +112,12 @@ def output_pairs(outputs: Sequence[str], ref_outputs: Sequence[str] | None,
     return pairs
 
 
+# Batches are gathered up to this many rows (or bytes) before the metrics run, so small batches of
+# small models cost a few large numpy calls instead of many small ones (see bench/eval_overhead.py).
+CHUNK_ROWS = 8192
+CHUNK_BYTES = 64 << 20
+
+
 class _Measurement:
     """Task metrics per output (when labels fit it) and fidelity per paired output."""
 
@@ -121,17 +127,36 @@ class _Measurement:
         self.task = {name: TaskMetrics(name) for name in outputs}
         self.fidelity = {name: Fidelity(name) for name in pairs}
         self.task_output: str | None = None  # the first output the labels fit
+        self._pending: list[tuple[np.ndarray | None, dict, dict]] = []
+        self._rows = 0
+        self._chunk_rows = 0  # set from the first batch's bytes per row
 
     def update(self, batch: Batch, outputs: dict[str, np.ndarray], reference: dict | None) -> None:
+        """Queues one batch (no copies: the arrays are referenced); the metrics run per chunk."""
+        if not self._chunk_rows:
+            self._start(batch, outputs, reference)
+        self._pending.append((batch.labels, outputs, reference or {}))
+        self._rows += batch.size
+        if self._rows >= self._chunk_rows:
+            self._flush()
+
+    def _start(self, batch: Batch, outputs: dict[str, np.ndarray], reference: dict | None) -> None:
         if batch.labels is not None:
-            if self.task_output is None:
-                self.task_output = self._pick_task_output(outputs, batch.labels)
-            if self.task_output is not None:
-                self.task[self.task_output].update(outputs[self.task_output], batch.labels)
-        if reference is not None:
+            self.task_output = self._pick_task_output(outputs, batch.labels)
+        row_bytes = sum(a.nbytes for a in outputs.values()) + sum(a.nbytes for a in (reference or {}).values())
+        per_row = max(1, row_bytes // max(1, batch.size))
+        self._chunk_rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // per_row))
+
+    def _flush(self) -> None:
+        keys = [name for name in self.outputs if name == self.task_output or name in self.pairs]
+        ref_keys = [self.pairs[name] for name in self.outputs if name in self.pairs]
+        for labels, outputs, reference in _merged(self._pending, keys, ref_keys):
+            if labels is not None and self.task_output:
+                self.task[self.task_output].update(outputs[self.task_output], labels)
             for name, ref_name in self.pairs.items():
                 if ref_name in reference:
                     self.fidelity[name].update(outputs[name], reference[ref_name])
+        self._pending, self._rows = [], 0
 
     def _pick_task_output(self, outputs: dict[str, np.ndarray], labels: np.ndarray) -> str | None:
         for name in self.outputs:
@@ -142,6 +167,7 @@ class _Measurement:
         return ""
 
     def result(self, samples: int) -> dict[str, Any]:
+        self._flush()
         per_output = {}
         for name in self.outputs:
             # every output lists every metric, null where it does not apply
@@ -159,6 +185,21 @@ class _Measurement:
         metrics["loss_kind"] = task.get("loss_kind")
         return {"samples": samples, "metrics": metrics, "per_output": per_output, "task_output": self.task_output
                 or None}
+
+
+def _merged(pending: list[tuple], keys: list[str], ref_keys: list[str]) -> list[tuple]:
+    """The queued (labels, outputs, reference) entries as one, concatenated along axis 0 (only the
+    arrays the metrics read); as they are when shapes differ beyond axis 0 (test-data sets)."""
+    if len(pending) <= 1:
+        return pending
+    try:
+        labels = [p[0] for p in pending]
+        merged_labels = None if any(x is None for x in labels) else np.concatenate(labels)
+        outputs = {k: np.concatenate([p[1][k] for p in pending]) for k in keys}
+        reference = {k: np.concatenate([p[2][k] for p in pending]) for k in ref_keys if k in pending[0][2]}
+    except (ValueError, KeyError):
+        return pending
+    return [(merged_labels, outputs, reference)]
 
 
 def _comparison(runner: Runner, ref_runner: Runner, value_map):
