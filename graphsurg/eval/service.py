@@ -212,7 +212,7 @@ def _latency(runner: Runner, model: ModelLike, provider: str, threads: int | Non
              runs: int, warmup: int) -> dict[str, Any]:
     """Latency at the first batch's size; a runner with exposed intermediates is not timed."""
     if runs <= 0 or batch is None:
-        return {"median": None, "p90": None, "batch": None}
+        return {"median": None, "p90": None, "batch": None, "runs": 0, "warmup": 0}
     timed = runner if not runner.exposed else Runner(model, provider, threads)
     return timed.latency(batch.inputs, runs, warmup)
 

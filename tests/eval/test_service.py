@@ -45,7 +45,7 @@ def test_no_reference_leaves_fidelity_null():
     assert result["ref"] is None and result["reference"] is None
     for key in ("agreement", "kl", "cosine", "sqnr_db", "max_abs", "mean_abs"):
         assert result["metrics"][key] is None
-    assert result["latency_ms"] == {"median": None, "p90": None, "batch": None}
+    assert result["latency_ms"] == {"median": None, "p90": None, "batch": None, "runs": 0, "warmup": 0}
 
 
 def test_other_model_as_reference_degrades_fidelity():
