@@ -106,6 +106,7 @@ class Runner:
                  expose: bool | Sequence[str] = False):
         self.choice = choose_provider(provider)
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self.serialized_size: int | None = None
         self.label = str(model) if not isinstance(model, Model) else "<model>"
         if expose and not isinstance(model, Model):
             from graphsurg import serde
@@ -141,7 +142,10 @@ class Runner:
                 raise BadInputError(f"{model}: no such file")
             return str(model)
         if _weight_bytes(model) <= _INLINE_LIMIT:
-            return model_bytes(model, self.exposed)
+            data = model_bytes(model, self.exposed)
+            if not self.exposed:
+                self.serialized_size = len(data)  # the model's inline size, for size_bytes
+            return data
         return self._via_file(model)
 
     def _via_file(self, model: Model) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from graphsurg.errors import BadInputError
 from graphsurg.eval.data import Batch, Dataset, open_dataset
 from graphsurg.eval.metrics import Fidelity, TaskMetrics, worst_over_outputs
+from graphsurg.eval.reference import Reference, cache_key
 from graphsurg.eval.runner import Runner, model_bytes
 from graphsurg.ir import ExternalTensor, Model, all_graphs
 
@@ -51,28 +52,34 @@ def evaluate(model: ModelLike, data: Any = None, *, ref: ModelLike | None = None
     """
     path, labels, batch_size, provider = _resolve_data(data, labels, batch_size, provider)
     runner = Runner(model, provider, threads, expose=per_layer)
-    ref_runner = Runner(ref, provider, threads, expose=per_layer) if ref is not None else None
-    dataset = data if isinstance(data, Dataset) else open_dataset(path, runner.signature, labels, dims, samples, seed)
-    if ref_runner is not None and path is not None and not isinstance(data, Dataset):
-        open_dataset(path, ref_runner.signature, labels, dims, samples, seed)  # the data must fit the reference too
-    pairs = output_pairs(runner.output_names, ref_runner.output_names if ref_runner else None, dataset)
+    opened = isinstance(data, Dataset)
+    dataset = data if opened else open_dataset(path, runner.signature, labels, dims, samples, seed)
+    reference = None
+    if ref is not None:
+        key = None if opened else cache_key(ref, path, batch_size, provider, threads, dims, samples, seed)
+        reference = Reference(ref, provider, threads, per_layer, key)
+        if reference.runner is not None and path is not None and not opened:
+            open_dataset(path, reference.runner.signature, labels, dims, samples, seed)  # must fit the reference too
+    pairs = output_pairs(runner.output_names, reference.output_names if reference else None, dataset)
     measure = _Measurement(runner.output_names, pairs)
-    comparison = _comparison(runner, ref_runner, value_map) if per_layer and ref_runner else None
+    comparison = _comparison(runner, reference.runner, value_map) if per_layer and reference else None
     first: Batch | None = None
-    for batch, outputs in runner.iterate(dataset, batch_size, progress):
+    for index, (batch, outputs) in enumerate(runner.iterate(dataset, batch_size, progress)):
         first = first or batch
-        reference = ref_runner.run(batch.inputs) if ref_runner else batch.expected
-        measure.update(batch, outputs, reference)
+        ref_outputs = reference.outputs(index, batch) if reference else batch.expected
+        measure.update(batch, outputs, ref_outputs)
         if comparison is not None:
-            comparison.update(outputs, reference)
+            comparison.update(outputs, ref_outputs)
+    if reference is not None:
+        reference.finish()
     result = measure.result(dataset.samples)
     result.update(ref=None if ref is None else _label(ref),
-                  reference="model" if ref_runner else ("data" if pairs else None),
+                  reference="model" if reference else ("data" if pairs else None),
                   data=dataset.source, provider=runner.provider, provider_note=runner.note,
                   latency_ms=_latency(runner, model, provider, threads, first, latency_runs, warmup),
-                  size_bytes=size_bytes(model),
+                  size_bytes=runner.serialized_size or size_bytes(model),
                   per_layer=comparison.result() if comparison is not None else None)
-    if per_layer and ref_runner is None:
+    if per_layer and reference is None:
         result["per_layer"] = {"error": "per-layer comparison needs a reference model (--ref)"}
     return result
 
@@ -126,6 +133,7 @@ class _Measurement:
         self.pairs = pairs
         self.task = {name: TaskMetrics(name) for name in outputs}
         self.fidelity = {name: Fidelity(name) for name in pairs}
+        self.ref_task = TaskMetrics("reference")  # the reference's own loss/accuracy on the labels
         self.task_output: str | None = None  # the first output the labels fit
         self._pending: list[tuple[np.ndarray | None, dict, dict]] = []
         self._rows = 0
@@ -153,6 +161,9 @@ class _Measurement:
         for labels, outputs, reference in _merged(self._pending, keys, ref_keys):
             if labels is not None and self.task_output:
                 self.task[self.task_output].update(outputs[self.task_output], labels)
+                ref_name = self.pairs.get(self.task_output)
+                if ref_name in reference:
+                    self.ref_task.update(reference[ref_name], labels)
             for name, ref_name in self.pairs.items():
                 if ref_name in reference:
                     self.fidelity[name].update(outputs[name], reference[ref_name])
@@ -183,8 +194,9 @@ class _Measurement:
         metrics = {key: (task if key in ("loss", "accuracy") else fidelity).get(key) for key in METRIC_KEYS}
         metrics["sqnr_infinite"] = bool(fidelity.get("sqnr_infinite"))
         metrics["loss_kind"] = task.get("loss_kind")
-        return {"samples": samples, "metrics": metrics, "per_output": per_output, "task_output": self.task_output
-                or None}
+        return {"samples": samples, "metrics": metrics, "per_output": per_output,
+                "task_output": self.task_output or None,
+                "ref_metrics": self.ref_task.result() if self.ref_task.count else None}
 
 
 def _merged(pending: list[tuple], keys: list[str], ref_keys: list[str]) -> list[tuple]:

@@ -77,3 +77,25 @@ def test_synthetic_data_with_dims_and_latency():
     assert result["samples"] == 8 and result["data"].startswith("synthetic")
     assert result["latency_ms"]["batch"] == 4 and result["latency_ms"]["median"] > 0
     assert result["metrics"]["accuracy"] is None and result["metrics"]["agreement"] == 1.0
+
+
+def test_reference_outputs_are_cached_and_keyed_by_content(monkeypatch):
+    from graphsurg.eval import reference as reference_module
+
+    reference_module.clear_cache()
+    built = []
+    real_runner = reference_module.Runner
+    monkeypatch.setattr(reference_module, "Runner", lambda *a, **k: built.append(1) or real_runner(*a, **k))
+    original = serde.load(MODELS / "digits_mlp.onnx")
+    candidate = serde.load(MODELS / "digits_mlp.onnx")
+    first = evaluate(candidate, str(TEST), ref=original, batch_size=100)
+    second = evaluate(candidate, str(TEST), ref=original, batch_size=100)
+    assert len(built) == 1 and first["metrics"] == second["metrics"]  # the second run replayed the cache
+    assert first["ref_metrics"]["accuracy"] == first["metrics"]["accuracy"]
+    weight = original.graph.initializers["net.5.weight"]
+    original.graph.set_const(weight, weight.const.numpy() * 0.5)  # a changed reference is a new key
+    third = evaluate(candidate, str(TEST), ref=original, batch_size=100)
+    assert len(built) == 2 and third["metrics"]["max_abs"] > 0
+    evaluate(candidate, str(TEST), ref=original, batch_size=50)  # other batching: another run
+    assert len(built) == 3
+    reference_module.clear_cache()
