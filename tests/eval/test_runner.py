@@ -90,3 +90,17 @@ def test_latency_excludes_warmup():
     result = runner.latency({"input": np.zeros((8, 1, 8, 8), np.float32)}, runs=5, warmup=2)
     assert result["batch"] == 8 and result["runs"] == 5 and result["warmup"] == 2
     assert 0 < result["median"] <= result["p90"]
+
+
+def test_large_models_go_through_a_file_with_external_data(monkeypatch):
+    from graphsurg.eval import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "_INLINE_LIMIT", 0)  # treat the CNN as too big for one protobuf
+    model = serde.load(CNN)
+    runner = Runner(model, expose=["/net/net.1/Relu_output_0"])
+    folder = Path(runner._tmp.name)
+    assert (folder / "model.onnx.data").stat().st_size > 0  # weights went to an external file
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    outputs = runner.run({"input": x})
+    np.testing.assert_allclose(outputs["logits"], Runner(CNN).run({"input": x})["logits"], rtol=1e-5, atol=1e-6)
+    assert [v.name for v in model.graph.outputs] == ["logits"]

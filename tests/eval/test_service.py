@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -99,3 +100,26 @@ def test_reference_outputs_are_cached_and_keyed_by_content(monkeypatch):
     evaluate(candidate, str(TEST), ref=original, batch_size=50)  # other batching: another run
     assert len(built) == 3
     reference_module.clear_cache()
+
+
+def test_several_test_data_sets_against_stored_outputs(tmp_path):
+    from onnx import numpy_helper
+
+    from graphsurg.eval import Runner
+
+    model = MODELS / "digits_mlp.onnx"
+    runner = Runner(model)
+    rng = np.random.default_rng(0)
+    for index, count in enumerate((3, 5)):
+        folder = tmp_path / f"test_data_set_{index}"
+        folder.mkdir()
+        x = rng.random((count, 1, 8, 8), dtype=np.float32)
+        logits = runner.run({"input": x})["logits"]
+        if index == 1:
+            logits = logits + 0.01  # the stored reference of the second set is slightly off
+        (folder / "input_0.pb").write_bytes(numpy_helper.from_array(x, "input").SerializeToString())
+        (folder / "output_0.pb").write_bytes(numpy_helper.from_array(logits, "logits").SerializeToString())
+    result = evaluate(model, tmp_path)
+    assert result["samples"] == 8 and result["reference"] == "data"
+    assert result["metrics"]["max_abs"] == pytest.approx(0.01, rel=1e-3)
+    assert result["metrics"]["mean_abs"] == pytest.approx(0.01 * 5 / 8, rel=1e-3)
