@@ -171,6 +171,8 @@ class Runner:
                                     "(no GPU or CUDA libraries); use --provider cpu or auto")
             self.note = "provider auto: onnxruntime has CUDA but could not start it (no GPU?); using CPU"
             return "cpu"
+        if self.choice.requested == "auto" and self.choice.name == "cuda":
+            self.note = "provider auto: using CUDA"
         return self.choice.name
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -63,15 +63,7 @@ def evaluate(model: ModelLike, data: Any = None, *, ref: ModelLike | None = None
     pairs = output_pairs(runner.output_names, reference.output_names if reference else None, dataset)
     measure = _Measurement(runner.output_names, pairs)
     comparison = _comparison(runner, reference.runner, value_map) if per_layer and reference else None
-    first: Batch | None = None
-    for index, (batch, outputs) in enumerate(runner.iterate(dataset, batch_size, progress)):
-        first = first or batch
-        ref_outputs = reference.outputs(index, batch) if reference else batch.expected
-        measure.update(batch, outputs, ref_outputs)
-        if comparison is not None:
-            comparison.update(outputs, ref_outputs)
-    if reference is not None:
-        reference.finish()
+    first = _run(runner, reference, dataset, batch_size, progress, measure, comparison)
     result = measure.result(dataset.samples)
     result.update(ref=None if ref is None else _label(ref),
                   reference="model" if reference else ("data" if pairs else None),
@@ -82,6 +74,21 @@ def evaluate(model: ModelLike, data: Any = None, *, ref: ModelLike | None = None
     if per_layer and reference is None:
         result["per_layer"] = {"error": "per-layer comparison needs a reference model (--ref)"}
     return result
+
+
+def _run(runner: Runner, reference: Reference | None, dataset: Dataset, batch_size: int, progress: bool,
+         measure: _Measurement, comparison) -> Batch | None:
+    """One pass over the data: model and reference per batch into the accumulators; the first batch."""
+    first: Batch | None = None
+    for index, (batch, outputs) in enumerate(runner.iterate(dataset, batch_size, progress)):
+        first = first or batch
+        ref_outputs = reference.outputs(index, batch) if reference else batch.expected
+        measure.update(batch, outputs, ref_outputs)
+        if comparison is not None:
+            comparison.update(outputs, ref_outputs)
+    if reference is not None:
+        reference.finish()
+    return first
 
 
 def _resolve_data(data: Any, labels: str | None, batch_size: int | None,
