@@ -4,9 +4,17 @@ from graphsurg.ir import dtypes
 from graphsurg.ir.graph import Graph, GraphError, all_graphs
 from graphsurg.ir.model import Model
 from graphsurg.ir.nodes import Attr, Op, Value
-from graphsurg.ir.tensor import ArrayTensor, DeferredTensor, ExternalLocation, ExternalTensor, Tensor
+from graphsurg.ir.tensor import (
+    ArrayTensor,
+    DeferredTensor,
+    ExternalLocation,
+    ExternalTensor,
+    MappedTensor,
+    SourceFile,
+    Tensor,
+)
 
 __all__ = [
     "ArrayTensor", "Attr", "DeferredTensor", "ExternalLocation", "ExternalTensor", "Graph", "GraphError",
-    "Model", "Op", "Tensor", "Value", "all_graphs", "dtypes",
+    "MappedTensor", "Model", "Op", "SourceFile", "Tensor", "Value", "all_graphs", "dtypes",
 ]

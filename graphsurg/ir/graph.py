@@ -203,8 +203,15 @@ class Graph:
         for port, value in enumerate(made):
             self.nx.add_edge(op, value, key=port)
         op.outputs = tuple(made)
-        self.refresh_captures(op)
+        self._adopt_subgraphs(op)
         return op
+
+    def _adopt_subgraphs(self, op: Op) -> None:
+        for sub in op.subgraphs():
+            if sub.parent is not self:
+                raise GraphError(f"subgraph {sub.name!r} of {op.label} must be created with this graph as parent")
+            sub.owner = op
+        self.refresh_captures(op)
 
     def adopt_op(self, op: Op, inputs: Sequence[Value | None], outputs: Sequence[Value | None]) -> Op:
         """Attaches a prepared op to already registered values (serde builds graphs this way,
@@ -233,10 +240,15 @@ class Graph:
     def _connect_input(self, op: Op, port: int, value: Value | None) -> None:
         if value is None:
             return
-        if value.graph is not self and not self._is_outer(value):
-            raise GraphError(f"value {value.name!r} is not visible in graph {self.name!r}")
+        self._check_visible(value)
         if value.graph is self:
             self.nx.add_edge(value, op, key=port)
+        else:
+            self._note_outer_use(value)
+
+    def _check_visible(self, value: Value) -> None:
+        if value.graph is not self and not self._is_outer(value):
+            raise GraphError(f"value {value.name!r} is not visible in graph {self.name!r}")
 
     def _is_outer(self, value: Value) -> bool:
         graph = self.parent
@@ -246,8 +258,35 @@ class Graph:
             graph = graph.parent
         return False
 
+    def _capture_site(self, value: Value) -> tuple[Graph, Op] | None:
+        """The graph that owns outer `value` and its op whose body (maybe nested) is this graph."""
+        graph = self
+        while graph.parent is not None:
+            if graph.parent is value.graph:
+                return (graph.parent, graph.owner) if graph.owner is not None else None
+            graph = graph.parent
+        return None
+
+    def _note_outer_use(self, value: Value) -> None:
+        """Keeps the capture edge in the owning graph, so liveness and order see this use."""
+        site = self._capture_site(value)
+        if site is not None:
+            owner_graph, op = site
+            if op in owner_graph._ops and not owner_graph.nx.has_edge(value, op, key=CAPTURE):
+                owner_graph.nx.add_edge(value, op, key=CAPTURE)
+
+    def _forget_outer_use(self, value: Value | None) -> None:
+        """Re-derives the capture edges at `value`'s owning graph after a body stopped reading it."""
+        if value is None or value.graph is self:
+            return
+        site = self._capture_site(value)
+        if site is not None and site[1] in site[0]._ops:
+            site[0].refresh_captures(site[1])
+
     def set_input(self, op: Op, port: int, value: Value | None) -> None:
         """Points one input port of `op` at another value."""
+        if value is not None:
+            self._check_visible(value)
         old = op.inputs[port] if port < len(op.inputs) else None
         if old is not None and old.graph is self:
             self.nx.remove_edge(old, op, key=port)
@@ -255,8 +294,10 @@ class Graph:
         inputs[port] = value
         while inputs and inputs[-1] is None:
             inputs.pop()
-        self._connect_input(op, port, value)
         op.inputs = tuple(inputs)
+        self._connect_input(op, port, value)
+        if old is not None and old is not value:
+            self._forget_outer_use(old)
 
     def set_inputs(self, op: Op, values: Sequence[Value | None]) -> None:
         for port in range(len(op.inputs) - 1, len(values) - 1, -1):
@@ -277,14 +318,20 @@ class Graph:
                 self._names.discard(value.name)
                 self.nx.remove_node(value)
         op.graph = None
+        for value in set(op.inputs):
+            self._forget_outer_use(value)
 
     def replace_all_uses(self, old: Value, new: Value, outputs: bool = True) -> None:
-        """Every consumer of `old` reads `new`; with `outputs`, graph outputs too."""
-        for op, port in self.consumers(old):
-            self.set_input(op, port, new)
+        """Every consumer of `old` reads `new`; with `outputs`, graph outputs too.
+
+        Refuses (before changing anything) when a subgraph reads `old` by name.
+        """
         for op in list(self._ops):
             if any(old.name in sub.free_names() for sub in op.subgraphs()):
                 raise GraphError(f"{old.name!r} is read inside a subgraph of {op.label}; rename instead")
+        self._check_visible(new)
+        for op, port in self.consumers(old):
+            self.set_input(op, port, new)
         if outputs:
             self.outputs = [new if v is old else v for v in self.outputs]
 
@@ -312,16 +359,21 @@ class Graph:
 
     def refresh_captures(self, op: Op) -> None:
         """Re-derives the capture edges of an op whose subgraphs read outer values."""
-        for _, _, key in list(self.nx.in_edges(op, keys=True)):
-            if key == CAPTURE:
-                for src in [u for u, _, k in self.nx.in_edges(op, keys=True) if k == CAPTURE]:
-                    self.nx.remove_edge(src, op, key=CAPTURE)
-                break
+        stale = [src for src, _, key in self.nx.in_edges(op, keys=True) if key == CAPTURE]
+        for src in stale:
+            self.nx.remove_edge(src, op, key=CAPTURE)
+        for value in self.captured_values(op):
+            self.nx.add_edge(value, op, key=CAPTURE)
+
+    def captured_values(self, op: Op) -> list[Value]:
+        """Values of this graph that the subgraphs of `op` read by name."""
+        found: dict[Value, None] = {}
         for sub in op.subgraphs():
-            for name in sub.free_names():
+            for name in sorted(sub.free_names()):
                 value = self._values.get(name)
-                if value is not None and not self.nx.has_edge(value, op, key=CAPTURE):
-                    self.nx.add_edge(value, op, key=CAPTURE)
+                if value is not None:
+                    found[value] = None
+        return list(found)
 
     def free_names(self) -> set[str]:
         """Names read here (or in nested bodies) but defined in an enclosing scope."""
@@ -382,11 +434,13 @@ class Graph:
         return None
 
     def set_attrs(self, op: Op, **attrs: Any) -> None:
+        """Sets (None: removes) attributes; a new If/Loop/Scan body is attached with its captures."""
         for key, value in attrs.items():
             if value is None:
                 op.attrs.pop(key, None)
             else:
                 op.attrs[key] = value if isinstance(value, Attr) else attr_from_python(value)
+        self._adopt_subgraphs(op)
 
     def verify(self) -> None:
         from graphsurg.ir.verify import verify

@@ -21,6 +21,9 @@ class Model:
     functions: list[bytes] = field(default_factory=list)  # serialized FunctionProtos, kept as they came
     rest_blob: bytes | None = None  # ModelProto fields the IR does not model (training_info, configuration)
     source_dir: str | None = None  # folder external data was resolved against
+    # proto fields written even when empty (they were present in the loaded file); by default the
+    # default-domain opset entry names its domain, as onnx.helper writes it
+    explicit_fields: frozenset[str] = frozenset({"opset_import.domain"})
 
     @property
     def opset(self) -> int:

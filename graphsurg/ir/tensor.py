@@ -1,13 +1,18 @@
 """Lazy tensors: shape, dtype and size are known without reading data; arrays are read-only.
 
-An edit never writes into a loaded tensor: it builds a new `ArrayTensor`. External data is
-memory-mapped only when `numpy()` is called, and serde copies it file to file on save.
+An edit never writes into a loaded tensor: it builds a new `ArrayTensor`. File-backed tensors
+(`MappedTensor`: external data, and large weights stored inline in a model file) are
+memory-mapped only when `numpy()` is called, and serde copies them file to file on save.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 import os
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,36 +80,88 @@ class DeferredTensor(Tensor):
 
 @dataclass(frozen=True)
 class ExternalLocation:
-    """Where an external tensor's bytes are: an absolute file path, an offset and a length."""
+    """Where a file-backed tensor's bytes are: an absolute file path, an offset and a length."""
 
     path: str
     offset: int
     length: int
 
 
-class ExternalTensor(Tensor):
-    """Bytes in an external data file; memory-mapped read-only on demand, never copied in full."""
+class SourceFile:
+    """A read-only descriptor on a weight file, shared by every tensor that reads from it.
 
-    def __init__(self, dtype: int, shape: tuple[int, ...], location: ExternalLocation):
+    Holding the descriptor pins the file's contents: when a later save replaces the file by
+    rename (saving a model over its own input), tensors loaded from it keep reading the original
+    bytes. Closed when the last tensor using it is gone.
+    """
+
+    _open: weakref.WeakValueDictionary[tuple[int, int], SourceFile] = weakref.WeakValueDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, path: str, fd: int):
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: str) -> SourceFile:
+        """The shared handle of the file now at `path` (one descriptor per file identity)."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        info = os.fstat(fd)
+        key = (info.st_dev, info.st_ino)
+        with cls._lock:
+            found = cls._open.get(key)
+            if found is not None:
+                os.close(fd)
+                return found
+            source = cls(path, fd)
+            cls._open[key] = source
+            return source
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, TypeError):
+            os.close(self.fd)
+
+
+class MappedTensor(Tensor):
+    """Bytes at an offset of a file; memory-mapped read-only on demand, never copied in full.
+
+    Serde copies such tensors file to file on save (`copy_to`), so a round trip never holds them.
+    """
+
+    def __init__(self, dtype: int, shape: tuple[int, ...], location: ExternalLocation,
+                 source: SourceFile | None = None):
         self.dtype = dtype
         self.shape = shape
         self.location = location
+        self._source = source
+
+    @property
+    def source(self) -> SourceFile:
+        if self._source is None:
+            self._source = SourceFile.open(self.location.path)
+        return self._source
 
     def numpy(self) -> np.ndarray:
         np_dtype = dtypes.numpy_dtype(self.dtype)
-        if self.size == 0:
+        if self.size == 0 or self.location.length == 0:
             return _readonly(np.zeros(self.shape, np_dtype))
-        mapped = np.memmap(
-            self.location.path, dtype=np.uint8, mode="r", offset=self.location.offset,
-            shape=(self.location.length,),
-        )
+        start = self.location.offset - self.location.offset % mmap.ALLOCATIONGRANULARITY
+        skip = self.location.offset - start
+        mapped = mmap.mmap(self.source.fd, skip + self.location.length, offset=start, access=mmap.ACCESS_READ)
+        raw = np.frombuffer(mapped, dtype=np.uint8, count=self.location.length, offset=skip)
         count = self.location.length // np_dtype.itemsize
-        return _readonly(mapped.view(np_dtype)[:count].reshape(self.shape))
+        return _readonly(raw.view(np_dtype)[:count].reshape(self.shape))
 
     def copy_to(self, out_fd: int) -> None:
         """Append this tensor's bytes to an open file, kernel to kernel where the OS allows."""
-        with open(self.location.path, "rb") as source:
-            copy_range(source.fileno(), self.location.offset, self.location.length, out_fd)
+        copy_range(self.source.fd, self.location.offset, self.location.length, out_fd)
+
+
+class ExternalTensor(MappedTensor):
+    """A tensor stored in an external data file (ONNX `data_location: EXTERNAL`)."""
 
 
 _CHUNK = 16 << 20
@@ -127,6 +184,8 @@ def copy_range(src_fd: int, offset: int, length: int, out_fd: int) -> None:
         chunk = os.pread(src_fd, min(remaining, _CHUNK), position)
         if not chunk:
             raise OSError(f"external data ends early at byte {position}")
-        os.write(out_fd, chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(out_fd, view):]
         position += len(chunk)
         remaining -= len(chunk)

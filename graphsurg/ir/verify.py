@@ -9,9 +9,9 @@ from graphsurg.ir.nodes import Op, Value
 def verify(graph: Graph) -> None:
     """Raises GraphError naming the first broken invariant.
 
-    One producer per value, initializers have no producer, every input resolves (here or in an
-    outer scope), edges agree with `Op.inputs`/`Op.outputs`, outputs exist, acyclic; recursively
-    for subgraphs.
+    One producer per value, initializers and graph inputs have no producer, every input resolves
+    (here or in an outer scope), edges agree with `Op.inputs`/`Op.outputs`, outer values read by
+    a subgraph have their capture edge, outputs exist, acyclic; recursively for subgraphs.
     """
     for value in graph.values():
         _check_value(graph, value)
@@ -34,6 +34,8 @@ def _check_value(graph: Graph, value: Value) -> None:
         raise GraphError(f"value {value.name!r} has {len(producers)} producers")
     if value.is_const and producers:
         raise GraphError(f"initializer {value.name!r} also has a producer")
+    if producers and value in graph.inputs:
+        raise GraphError(f"graph input {value.name!r} also has a producer")
     if value.graph is not graph:
         raise GraphError(f"value {value.name!r} belongs to another graph")
     is_source = value.is_const or value in graph.inputs
@@ -54,3 +56,8 @@ def _check_op(graph: Graph, op: Op) -> None:
     for port, value in enumerate(op.outputs):
         if value is not None and not graph.nx.has_edge(op, value, key=port):
             raise GraphError(f"output {port} of {op.label} is not connected")
+        if value is not None and value.graph is not graph:
+            raise GraphError(f"output {port} of {op.label} belongs to another graph")
+    for value in graph.captured_values(op):
+        if not graph.nx.has_edge(value, op, key=CAPTURE):
+            raise GraphError(f"a subgraph of {op.label} reads {value.name!r} but the capture edge is missing")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import onnx
 
-from graphsurg.ir import Model, all_graphs
+from graphsurg.ir import Model
 from graphsurg.serde.save import to_proto
 from graphsurg.serde.types import has_type
 
-_SMALL_MODEL_BYTES = 256 << 20
+# Tensors up to this size go to the checker with their data (shape inference reads small
+# constants such as Reshape's shape); larger ones as a header pointing at an empty stand-in file.
+_INLINE_CHECK_BYTES = 1 << 16
+_STUB_FILE = "graphsurg-no-data"
 
 
 class CheckError(ValueError):
@@ -18,34 +24,41 @@ class CheckError(ValueError):
 def check(model: Model, full: bool = True) -> None:
     """Runs onnx.checker (full_check adds strict shape inference); raises CheckError.
 
-    Small models are checked with their weights inline; large ones with weight headers only, so
-    the check costs no more memory than the graph.
+    Weights larger than 64 KiB are not read: the checker sees their type and shape, pointing at an
+    empty external file (it checks that the file exists, not its contents), so checking costs no
+    more memory than the graph whatever the size of the model.
     """
-    inline = sum(v.const.nbytes for g in all_graphs(model.graph) for v in g.initializers.values())
-    proto = to_proto(model, headers_only=inline > _SMALL_MODEL_BYTES)
-    if inline > _SMALL_MODEL_BYTES:
-        for tensor in _header_tensors(proto.graph):
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.DEFAULT
+    proto = to_proto(model, stub_above=_INLINE_CHECK_BYTES)
     try:
-        onnx.checker.check_model(proto, full_check=full)
+        if not _has_stubs(proto.graph):
+            onnx.checker.check_model(proto, full_check=full)
+            return
+        with tempfile.TemporaryDirectory(prefix="graphsurg-check-") as folder:
+            open(os.path.join(folder, _STUB_FILE), "wb").close()
+            path = os.path.join(folder, "model.onnx")
+            with open(path, "wb") as handle:
+                handle.write(proto.SerializeToString(deterministic=True))
+            del proto
+            onnx.checker.check_model(path, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise CheckError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
 
 
-def _header_tensors(gp: onnx.GraphProto):
-    yield from gp.initializer
+def _has_stubs(gp: onnx.GraphProto) -> bool:
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in gp.initializer):
+        return True
+    return any(_has_stubs(a.g) if a.HasField("g") else any(_has_stubs(g) for g in a.graphs)
+               for node in gp.node for a in node.attribute if a.HasField("g") or len(a.graphs))
 
 
 def infer_shapes(model: Model) -> None:
     """Fills dtype and shape of values that lack them, from onnx shape inference.
 
-    Inferred shapes are not written back as value_info on save (the round trip stays lossless).
+    Small constants go in with their data (so Reshape targets and the like are known); large
+    weights as headers only. Inferred shapes are not written back as value_info on save (the
+    round trip stays lossless).
     """
-    proto = to_proto(model, headers_only=True)
-    for tensor in proto.graph.initializer:
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
+    proto = to_proto(model, stub_above=_INLINE_CHECK_BYTES)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):

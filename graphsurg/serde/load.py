@@ -19,6 +19,7 @@ _MODEL_MODELED = (
     "ir_version", "opset_import", "producer_name", "producer_version", "domain", "model_version",
     "doc_string", "graph", "metadata_props", "functions",
 )
+_MODEL_SCALARS = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
 _ATTR_KINDS = {
     onnx.AttributeProto.INT: "int", onnx.AttributeProto.FLOAT: "float", onnx.AttributeProto.STRING: "string",
     onnx.AttributeProto.INTS: "ints", onnx.AttributeProto.FLOATS: "floats",
@@ -30,25 +31,59 @@ _ATTR_KINDS = {
 def load(source: str | os.PathLike | bytes | onnx.ModelProto, base_dir: str | None = None) -> Model:
     """Loads a model from a path, serialized bytes or a ModelProto; weights stay lazy.
 
+    From a path, large inline weights are not parsed at all: they stay in the file, memory-mapped
+    on demand (see serde/scan.py), so loading costs the size of the graph, not of the weights.
     Raises BadInputError with one readable line for anything that is not a usable ONNX model.
     """
-    proto = parse(source)
-    if base_dir is None and isinstance(source, str | os.PathLike):
-        base_dir = str(Path(source).resolve().parent)
-    return from_proto(proto, base_dir)
+    payloads = None
+    if isinstance(source, str | os.PathLike):
+        proto, payloads = _parse_file(Path(source))
+        if base_dir is None:
+            base_dir = str(Path(source).resolve().parent)
+    else:
+        proto = parse(source)
+    return from_proto(proto, base_dir, _payloads=payloads)
 
 
 def parse(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """The whole ModelProto (weights included) of a path, bytes or ModelProto."""
     if isinstance(source, onnx.ModelProto):
         return source
     if isinstance(source, str | os.PathLike):
-        path = Path(source)
-        if not path.is_file():
-            raise BadInputError(f"{path}: no such file")
-        data = path.read_bytes()
-        label = str(path)
-    else:
-        data, label = bytes(source), "<bytes>"
+        path = _existing_file(Path(source))
+        return _parse_bytes(_read(path), str(path))
+    return _parse_bytes(bytes(source), "<bytes>")
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    return path
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _parse_file(path: Path) -> tuple[onnx.ModelProto, dict | None]:
+    """The model's proto, without the large inline payloads when the file allows (see scan.py)."""
+    from graphsurg.serde.scan import read_skeleton
+
+    _existing_file(path)
+    try:
+        skeleton = read_skeleton(str(path))
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if skeleton is None:
+        return _parse_bytes(_read(path), str(path)), None
+    payloads = {i: (skeleton.source, offset, length) for i, (offset, length) in skeleton.payloads.items()}
+    return _parse_bytes(skeleton.data, str(path)), payloads
+
+
+def _parse_bytes(data: bytes, label: str) -> onnx.ModelProto:
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)
@@ -65,8 +100,9 @@ def _check_envelope(proto: onnx.ModelProto, label: str) -> None:
         raise BadInputError(f"{label}: not a valid ONNX model (no opset imports; the file may be truncated)")
 
 
-def from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
-    graph = _graph_from_proto(proto.graph, None, base_dir)
+def from_proto(proto: onnx.ModelProto, base_dir: str | None = None, _payloads: dict | None = None) -> Model:
+    """The IR of a parsed model. `base_dir` resolves external data locations."""
+    graph = _graph_from_proto(proto.graph, None, base_dir, _payloads)
     try:
         graph.verify()
     except GraphError as exc:
@@ -84,7 +120,16 @@ def from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
         functions=[f.SerializeToString(deterministic=True) for f in proto.functions],
         rest_blob=_rest(proto, onnx.ModelProto, _MODEL_MODELED),
         source_dir=base_dir,
+        explicit_fields=_explicit_fields(proto),
     )
+
+
+def _explicit_fields(proto: onnx.ModelProto) -> frozenset[str]:
+    """Fields present with an empty value, so that save writes them again (byte-exact round trip)."""
+    present = {name for name in _MODEL_SCALARS if proto.HasField(name) and not getattr(proto, name)}
+    if any(o.domain == "" and o.HasField("domain") for o in proto.opset_import):
+        present.add("opset_import.domain")
+    return frozenset(present)
 
 
 def _rest(proto, cls, modeled) -> bytes | None:
@@ -98,11 +143,12 @@ def _rest(proto, cls, modeled) -> bytes | None:
     return rest.SerializeToString(deterministic=True)
 
 
-def _graph_from_proto(gp: onnx.GraphProto, parent: Graph | None, base_dir: str | None) -> Graph:
+def _graph_from_proto(gp: onnx.GraphProto, parent: Graph | None, base_dir: str | None,
+                      payloads: dict | None = None) -> Graph:
     graph = Graph(gp.name, parent)
     graph.doc_string = gp.doc_string
     graph.rest_blob = _rest(gp, onnx.GraphProto, _GRAPH_MODELED)
-    _load_initializers(graph, gp, base_dir)
+    _load_initializers(graph, gp, base_dir, payloads or {})
     for vi in gp.input:
         value = graph.initializers.get(vi.name) or _new_value(graph, vi.name, "graph input")
         read_value_info(value, vi)
@@ -142,11 +188,11 @@ def _new_value(graph: Graph, name: str, what: str) -> Value:
     return graph._register_value(Value(name))
 
 
-def _load_initializers(graph: Graph, gp: onnx.GraphProto, base_dir: str | None) -> None:
-    for tp in gp.initializer:
+def _load_initializers(graph: Graph, gp: onnx.GraphProto, base_dir: str | None, payloads: dict) -> None:
+    for index, tp in enumerate(gp.initializer):
         if tp.name in graph.initializers:
             raise BadInputError(f"initializer {tp.name!r} is defined twice")
-        graph.add_initializer(tp.name, tensor_from_proto(tp, base_dir), fresh=False)
+        graph.add_initializer(tp.name, tensor_from_proto(tp, base_dir, payloads.get(index)), fresh=False)
     for sp in gp.sparse_initializer:
         from graphsurg.serde.sparse import sparse_tensor_from_proto
 

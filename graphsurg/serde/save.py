@@ -1,24 +1,29 @@
-"""IR -> ONNX. Deterministic, atomic, and external data streamed tensor by tensor."""
+"""IR -> ONNX. Deterministic, atomic, and weights streamed tensor by tensor.
+
+The file is protobuf's deterministic serialization of the model, written in pieces (see
+stream.py): a weight is never copied into a protobuf message on the way out.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 
 from graphsurg.errors import BadInputError
-from graphsurg.fsutil import atomic_write
-from graphsurg.ir import Attr, ExternalTensor, Graph, Model, Tensor, Value, all_graphs
+from graphsurg.ir import Attr, ExternalTensor, Graph, Model, Value, all_graphs
 from graphsurg.serde.sparse import SparseProtoTensor
+from graphsurg.serde.stream import ExternalWriter, Stream, TempFile, tensor_stream
 from graphsurg.serde.tensors import header_proto, tensor_to_proto
 from graphsurg.serde.types import write_value_info
 
+__all__ = ["ExternalWriter", "model_stream", "save", "to_bytes", "to_proto", "wants_external"]
+
 _PROTOBUF_LIMIT = 2**31 - 1
 _AUTO_EXTERNAL_BYTES = 1_800_000_000
-_PAGE = 4096
+_MODEL_GRAPH = 7
+_GRAPH_INITIALIZER = 5
 _ATTR_TYPES = {
     "int": onnx.AttributeProto.INT, "float": onnx.AttributeProto.FLOAT, "string": onnx.AttributeProto.STRING,
     "ints": onnx.AttributeProto.INTS, "floats": onnx.AttributeProto.FLOATS,
@@ -27,145 +32,178 @@ _ATTR_TYPES = {
 }
 
 
-class ExternalWriter:
-    """Appends tensors to a temporary data file; `commit` renames it into place."""
-
-    def __init__(self, target: Path, location: str, threshold: int):
-        self.target, self.location, self.threshold = target, location, threshold
-        self.fd, self.tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        self.offset = 0
-
-    def wants(self, tensor: Tensor) -> bool:
-        return tensor.dtype != onnx.TensorProto.STRING and tensor.nbytes >= self.threshold
-
-    def place(self, tensor: Tensor, name: str) -> onnx.TensorProto:
-        self._pad_to(_PAGE if tensor.nbytes >= 65536 else 64)
-        start = self.offset
-        if isinstance(tensor, ExternalTensor):
-            tensor.copy_to(self.fd)
-        else:
-            _write_all(self.fd, memoryview(tensor_to_proto(tensor, name).raw_data))
-        self.offset += tensor.nbytes
-        proto = header_proto(tensor, name)
-        del proto.external_data[:]
-        for key, value in (("location", self.location), ("offset", str(start)), ("length", str(tensor.nbytes))):
-            entry = proto.external_data.add()
-            entry.key, entry.value = key, value
-        if tensor.meta_blob:
-            proto.MergeFromString(tensor.meta_blob)
-        return proto
-
-    def _pad_to(self, alignment: int) -> None:
-        padding = -self.offset % alignment
-        if padding:
-            _write_all(self.fd, memoryview(bytes(padding)))
-            self.offset += padding
-
-    def commit(self) -> None:
-        os.fsync(self.fd)
-        os.close(self.fd)
-        os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.target)
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
-
-
 def save(
     model: Model,
     path: str | os.PathLike,
     external_data: bool | None = None,
     size_threshold: int = 1024,
     location: str | None = None,
+    durable: bool = False,
 ) -> None:
-    """Writes the model atomically. `external_data=None` keeps weights external when they came
-    external, or when the model would not fit in one protobuf."""
+    """Writes the model atomically, streaming weights tensor by tensor.
+
+    `external_data=None` (the default) keeps each loaded weight where it was (external or inline;
+    new weights of at least `size_threshold` bytes go external) when the model came with external
+    data, and moves weights of `size_threshold` bytes and more out when the model would not fit
+    in one protobuf. `True`/`False` force external (above the threshold) or inline. External
+    weights go to `location` (default `<name>.data`) beside the output.
+
+    Both files are written to temporary names and renamed into place only when complete (data
+    first, then the model, back to back), so a failed or interrupted save leaves the previous
+    files as they were. `durable` also flushes both to disk before the renames (survives a power
+    cut; costs the time the disk takes to write them).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    keep_placement = external_data is None and _has_external(model)
     if external_data is None:
         external_data = wants_external(model)
-    writer = None
-    if external_data:
-        writer = ExternalWriter(target.parent / (location or f"{target.name}.data"), location or f"{target.name}.data",
-                                size_threshold)
+    location = _data_location(target, location) if external_data else None
+    writer = ExternalWriter(target.parent / location, location, size_threshold, keep_placement) if location else None
+    main = None
     try:
-        payload = to_proto(model, writer=writer).SerializeToString(deterministic=True)
-        if len(payload) > _PROTOBUF_LIMIT:
+        stream = model_stream(model, writer)
+        if stream.size > _PROTOBUF_LIMIT:
             raise BadInputError(f"{target}: the model is over 2 GB inline; save it with external data")
-        if writer is not None:
-            if writer.offset:
-                writer.commit()
-            else:
-                writer.abort()
-        with atomic_write(target) as handle:
-            handle.write(payload)
-    except BaseException:
-        if writer is not None:
+        main = TempFile(target)
+        stream.write_to(main.fd)
+        main.finish(durable)
+        if writer is not None and writer.offset:
+            writer.finish(durable)
+            writer.commit()
+        elif writer is not None:
             writer.abort()
+        main.commit()
+    except BaseException:
+        for temp in (writer, main):
+            if temp is not None:
+                temp.abort()
         raise
 
 
+def _data_location(target: Path, location: str | None) -> str:
+    location = location or f"{target.name}.data"
+    if Path(location).is_absolute() or ".." in Path(location).parts or "\0" in location:
+        raise BadInputError(f"external data location {location!r} must be a relative path inside the model's folder")
+    (target.parent / location).parent.mkdir(parents=True, exist_ok=True)
+    return location
+
+
 def wants_external(model: Model) -> bool:
-    tensors = [v.const for g in all_graphs(model.graph) for v in g.initializers.values()]
-    if any(isinstance(t, ExternalTensor) for t in tensors):
+    """True when the model came with external data, or is too large for one protobuf."""
+    if _has_external(model):
         return True
-    return sum(t.nbytes for t in tensors) > _AUTO_EXTERNAL_BYTES
+    return sum(v.const.nbytes for g in all_graphs(model.graph) for v in g.initializers.values()) > _AUTO_EXTERNAL_BYTES
+
+
+def _has_external(model: Model) -> bool:
+    return any(isinstance(v.const, ExternalTensor) for g in all_graphs(model.graph) for v in g.initializers.values())
 
 
 def to_bytes(model: Model) -> bytes:
-    return to_proto(model).SerializeToString(deterministic=True)
+    """The model file's bytes with every weight inline (what `save` writes without external data)."""
+    return model_stream(model, None).getvalue()
 
 
-def to_proto(model: Model, writer: ExternalWriter | None = None, headers_only: bool = False) -> onnx.ModelProto:
-    """Builds the ModelProto. `headers_only` leaves weight data out (for shape inference)."""
+def model_stream(model: Model, writer: ExternalWriter | None = None) -> Stream:
+    """The model file as a stream: ModelProto fields in number order, the graph's initializers
+    spliced in one by one (external ones written to `writer` on the way)."""
+    head, tail = onnx.ModelProto(), onnx.ModelProto()
+    _model_scalars(model, head)
+    _model_rest(model, tail)
+    graph = _GraphWriter(writer, False, initializers_as_inputs=model.ir_version < 4).stream(model.graph)
+    stream = Stream(head.SerializeToString(deterministic=True))
+    stream.add_field(_MODEL_GRAPH, graph)
+    stream.add(tail.SerializeToString(deterministic=True))
+    return stream
+
+
+def to_proto(model: Model, writer: ExternalWriter | None = None, headers_only: bool = False,
+             stub_above: int | None = None) -> onnx.ModelProto:
+    """Builds the ModelProto in memory. `headers_only` leaves weight data out (for shape
+    inference); `stub_above` does so only for tensors larger than that many bytes."""
     proto = onnx.ModelProto()
-    if model.rest_blob:
-        proto.ParseFromString(model.rest_blob)
+    _model_scalars(model, proto)
+    _model_rest(model, proto)
+    if headers_only:
+        stub_above = -1
+    # IR version 3 requires every initializer to be listed as a graph input too.
+    _GraphWriter(writer, stub_above, initializers_as_inputs=model.ir_version < 4).fill(model.graph, proto.graph)
+    return proto
+
+
+def _model_scalars(model: Model, proto: onnx.ModelProto) -> None:
+    """ModelProto fields 1 to 6 (they precede the graph)."""
     proto.ir_version = model.ir_version
+    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        value = getattr(model, key)
+        if value or key in model.explicit_fields:
+            setattr(proto, key, value)
+
+
+def _model_rest(model: Model, proto: onnx.ModelProto) -> None:
+    """ModelProto fields after the graph."""
+    if model.rest_blob:
+        proto.MergeFromString(model.rest_blob)
     for domain, version in model.opset_imports.items():
         entry = proto.opset_import.add()
-        entry.domain, entry.version = domain, version
-    for key, field in (("producer_name", model.producer_name), ("producer_version", model.producer_version),
-                       ("domain", model.domain), ("doc_string", model.doc_string)):
-        if field:
-            setattr(proto, key, field)
-    if model.model_version:
-        proto.model_version = model.model_version
+        if domain or "opset_import.domain" in model.explicit_fields:
+            entry.domain = domain
+        entry.version = version
     for key, value in model.metadata_props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     for blob in model.functions:
         proto.functions.add().ParseFromString(blob)
-    # IR version 3 requires every initializer to be listed as a graph input too.
-    _GraphWriter(writer, headers_only, initializers_as_inputs=model.ir_version < 4).fill(model.graph, proto.graph)
-    return proto
 
 
 class _GraphWriter:
-    def __init__(self, external: ExternalWriter | None, headers_only: bool, initializers_as_inputs: bool = False):
+    """Writes graphs into protos (`fill`) or into a stream with the initializers spliced in
+    (`stream`). `stub_above`: tensors larger than that many bytes are written as headers only
+    (True: all of them, for shape inference; None: none)."""
+
+    def __init__(self, external: ExternalWriter | None, stub_above: int | bool | None = None,
+                 initializers_as_inputs: bool = False):
         self.external = external
-        self.headers_only = headers_only
+        self.stub_above = -1 if stub_above is True else None if stub_above is False else stub_above
         self.initializers_as_inputs = initializers_as_inputs
+        self.stubbed = 0
 
     def fill(self, graph: Graph, gp: onnx.GraphProto) -> None:
-        if graph.rest_blob:
-            gp.ParseFromString(graph.rest_blob)
-        gp.name = graph.name
-        if graph.doc_string:
-            gp.doc_string = graph.doc_string
+        self._head(graph, gp)
+        for value in graph.initializers.values():
+            if not isinstance(value.const, SparseProtoTensor):
+                self._initializer(value, gp.initializer.add())
+        self._tail(graph, gp)
+
+    def stream(self, graph: Graph) -> Stream:
+        """GraphProto bytes in field-number order: node and name (1, 2), the initializers (5),
+        then the rest (10 and up), so weights are written one at a time."""
+        head, tail = onnx.GraphProto(), onnx.GraphProto()
+        self._head(graph, head)
+        self._tail(graph, tail)
+        stream = Stream(head.SerializeToString(deterministic=True))
+        for value in graph.initializers.values():
+            if not isinstance(value.const, SparseProtoTensor):
+                stream.add_field(_GRAPH_INITIALIZER, tensor_stream(value.const, value.name, self.external))
+        stream.add(tail.SerializeToString(deterministic=True))
+        return stream
+
+    def _head(self, graph: Graph, gp: onnx.GraphProto) -> None:
         for op in graph.topological_order():
             self._node(op, gp.node.add())
+        gp.name = graph.name
+
+    def _tail(self, graph: Graph, gp: onnx.GraphProto) -> None:
+        if graph.rest_blob:
+            gp.MergeFromString(graph.rest_blob)
+        if graph.doc_string:
+            gp.doc_string = graph.doc_string
         for value in graph.initializers.values():
-            self._initializer(value, gp)
+            if isinstance(value.const, SparseProtoTensor):
+                sparse = gp.sparse_initializer.add()
+                sparse.CopyFrom(value.const.proto)
+                sparse.values.name = value.name
         gp.input.extend(write_value_info(v) for v in graph.inputs)
         if self.initializers_as_inputs and graph.parent is None:
             listed = set(graph.inputs)
@@ -175,19 +213,15 @@ class _GraphWriter:
         for blob in graph.orphan_value_info:
             gp.value_info.add().ParseFromString(blob)
 
-    def _initializer(self, value: Value, gp: onnx.GraphProto) -> None:
+    def _initializer(self, value: Value, proto: onnx.TensorProto) -> None:
         tensor = value.const
-        if isinstance(tensor, SparseProtoTensor):
-            sparse = gp.sparse_initializer.add()
-            sparse.CopyFrom(tensor.proto)
-            sparse.values.name = value.name
-            return
-        if self.headers_only:
-            gp.initializer.append(header_proto(tensor, value.name))
+        if self.stub_above is not None and tensor.nbytes > self.stub_above:
+            proto.CopyFrom(header_proto(tensor, value.name))
+            self.stubbed += 1
         elif self.external is not None and self.external.wants(tensor):
-            gp.initializer.append(self.external.place(tensor, value.name))
+            proto.CopyFrom(self.external.place(tensor, value.name))
         else:
-            gp.initializer.append(tensor_to_proto(tensor, value.name))
+            proto.CopyFrom(tensor_to_proto(tensor, value.name))
 
     def _node(self, op, node: onnx.NodeProto) -> None:
         if op.rest_blob:
@@ -202,13 +236,12 @@ class _GraphWriter:
         if op.doc_string:
             node.doc_string = op.doc_string
         for name, attr in op.attrs.items():
-            node.attribute.append(self._attribute(name, attr))
+            self._attribute(name, attr, node.attribute.add())
 
-    def _attribute(self, name: str, attr: Attr) -> onnx.AttributeProto:
-        proto = onnx.AttributeProto()
+    def _attribute(self, name: str, attr: Attr, proto: onnx.AttributeProto) -> None:
         if attr.kind == "opaque":
             proto.ParseFromString(attr.value)
-            return proto
+            return
         proto.name = name
         proto.type = _ATTR_TYPES[attr.kind]
         if attr.doc_string:
@@ -232,7 +265,6 @@ class _GraphWriter:
         else:
             for sub in attr.value:
                 self.fill(sub, proto.graphs.add())
-        return proto
 
 
 def _value_info_values(graph: Graph) -> list[Value]:

@@ -11,7 +11,15 @@ import onnx
 from onnx import numpy_helper
 
 from graphsurg.errors import BadInputError
-from graphsurg.ir import DeferredTensor, ExternalLocation, ExternalTensor, Tensor, dtypes
+from graphsurg.ir import (
+    DeferredTensor,
+    ExternalLocation,
+    ExternalTensor,
+    MappedTensor,
+    SourceFile,
+    Tensor,
+    dtypes,
+)
 
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 _MODELED = {"dims", "data_type", "name", "raw_data", "external_data", "data_location", *_TYPED_FIELDS}
@@ -34,16 +42,50 @@ def _decode(proto: onnx.TensorProto) -> np.ndarray:
 _RAW_VIEWABLE = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 24})
 
 
-def tensor_from_proto(proto: onnx.TensorProto, base_dir: str | None) -> Tensor:
-    """Builds a lazy tensor, refusing data whose size disagrees with the declared shape."""
+class ProtoFileTensor(MappedTensor):
+    """A large weight stored inline in a model file: the tensor's proto without its raw_data
+    (`header`), and the file range holding the raw bytes (read through the pinned `source`)."""
+
+    def __init__(self, header: onnx.TensorProto, location: ExternalLocation, source: SourceFile):
+        super().__init__(header.data_type, tuple(header.dims), location, source)
+        self.header = header
+
+
+def has_raw_form(tensor: Tensor) -> bool:
+    """True when the tensor's bytes can be written as one little-endian raw payload."""
+    if isinstance(tensor, MappedTensor):
+        return True
+    if isinstance(tensor, ProtoTensor):
+        return tensor.proto.HasField("raw_data") and tensor.dtype in _RAW_VIEWABLE
+    return tensor.dtype in _RAW_VIEWABLE
+
+
+def raw_payload(tensor: Tensor) -> bytes | memoryview:
+    """The raw little-endian bytes of a non-mapped tensor with a raw form (see `has_raw_form`)."""
+    if isinstance(tensor, ProtoTensor):
+        return tensor.proto.raw_data
+    array = np.asarray(tensor.numpy())
+    little = array.astype(dtypes.numpy_dtype(tensor.dtype).newbyteorder("<"), copy=False)
+    return memoryview(np.ascontiguousarray(little).reshape(-1).view(np.uint8))
+
+
+def tensor_from_proto(proto: onnx.TensorProto, base_dir: str | None,
+                      payload: tuple[SourceFile, int, int] | None = None) -> Tensor:
+    """Builds a lazy tensor, refusing data whose size disagrees with the declared shape.
+
+    `payload` (source, offset, length) is the raw data of a tensor whose proto came without it
+    because the loader left it in the model file.
+    """
     name = proto.name or "<unnamed>"
     if any(d < 0 for d in proto.dims):
         raise BadInputError(f"tensor {name!r} has a negative dimension {list(proto.dims)}")
     if proto.data_type not in dtypes.BY_CODE:
         raise BadInputError(f"tensor {name!r} has unknown element type {proto.data_type}")
     count = math.prod(proto.dims)
-    if proto.data_location == onnx.TensorProto.EXTERNAL:
-        tensor: Tensor = _external_tensor(proto, base_dir, count)
+    if payload is not None:
+        tensor: Tensor = _file_tensor(proto, payload, count)
+    elif proto.data_location == onnx.TensorProto.EXTERNAL:
+        tensor = _external_tensor(proto, base_dir, count)
     else:
         _check_inline_size(proto, count)
         tensor = ProtoTensor(proto)
@@ -83,7 +125,20 @@ def _check_inline_size(proto: onnx.TensorProto, count: int) -> None:
             raise BadInputError(f"tensor {name!r} declares {count} elements but holds {held_items}")
         return
     if held_items != count * per_item:
-        raise BadInputError(f"tensor {name!r} declares {count} elements (shape {list(proto.dims)}) but holds {held_items}")
+        raise BadInputError(
+            f"tensor {name!r} declares {count} elements (shape {list(proto.dims)}) but holds {held_items}"
+        )
+
+
+def _file_tensor(proto: onnx.TensorProto, payload: tuple[SourceFile, int, int], count: int) -> ProtoFileTensor:
+    source, offset, length = payload
+    expected = dtypes.nbytes(proto.data_type, count)
+    if length != expected:
+        raise BadInputError(
+            f"tensor {proto.name or '<unnamed>'!r} declares shape {list(proto.dims)} ({expected} bytes) "
+            f"but holds {length} bytes"
+        )
+    return ProtoFileTensor(proto, ExternalLocation(source.path, offset, length), source)
 
 
 def _external_tensor(proto: onnx.TensorProto, base_dir: str | None, count: int) -> ExternalTensor:
@@ -96,20 +151,26 @@ def _external_tensor(proto: onnx.TensorProto, base_dir: str | None, count: int) 
         raise BadInputError(f"tensor {name!r} has external data but the model was not loaded from a file")
     path = resolve_external_path(base_dir, location, name)
     expected = dtypes.nbytes(proto.data_type, count)
-    offset = int(info.get("offset", 0))
-    length = int(info.get("length", expected))
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info.get("length", expected))
+    except ValueError:
+        raise BadInputError(f"tensor {name!r} has a non-numeric external offset or length") from None
     if length != expected:
         raise BadInputError(f"tensor {name!r} declares {expected} bytes but its external length is {length}")
-    size = os.path.getsize(path)
+    source = SourceFile.open(path)
+    size = source.size()
     if offset < 0 or offset + length > size:
         raise BadInputError(
             f"tensor {name!r} reads bytes {offset}..{offset + length} of {location!r}, which has only {size}"
         )
-    return ExternalTensor(proto.data_type, tuple(proto.dims), ExternalLocation(path, offset, length))
+    return ExternalTensor(proto.data_type, tuple(proto.dims), ExternalLocation(path, offset, length), source)
 
 
 def resolve_external_path(base_dir: str, location: str, tensor_name: str) -> str:
     """The absolute path of an external data file; refuses locations outside the model's folder."""
+    if "\0" in location:
+        raise BadInputError(f"tensor {tensor_name!r}: external data location {location!r} holds a NUL byte")
     if os.path.isabs(location) or location.startswith(("/", "\\")):
         raise BadInputError(f"tensor {tensor_name!r}: external data location {location!r} is an absolute path")
     if ".." in Path(location).parts:
