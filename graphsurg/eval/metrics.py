@@ -122,6 +122,7 @@ class Fidelity:
         self.probabilities = False
         self.shape_error: str | None = None
         self.floating = True
+        self.equal = self.compared = 0  # non-numeric outputs (strings): exact matches
 
     def update(self, out: np.ndarray, ref: np.ndarray) -> None:
         if self.shape_error:
@@ -133,6 +134,10 @@ class Fidelity:
             self.classes = is_classification_like(ref)
             self.probabilities = bool(self.classes and looks_like_probabilities(ref))
             self.floating = ref.dtype.kind == "f"
+        if ref.dtype.kind not in "fiub" or out.dtype.kind not in "fiub":  # strings: only equality means anything
+            self.equal += int(np.count_nonzero(out == ref))
+            self.compared += out.size
+            return
         x, r = np.asarray(out, np.float64), np.asarray(ref, np.float64)
         self.errors.add(x, r)
         if self.floating:
@@ -164,6 +169,8 @@ class Fidelity:
                  "max_abs": None, "mean_abs": None}
         if self.shape_error:
             return {**empty, "error": self.shape_error}
+        if self.compared:
+            return {**empty, "exact_match": self.equal / self.compared}
         if not self.errors.count:
             return empty
         errors = self.errors.result()

@@ -126,7 +126,7 @@ class Runner:
 
     def _session(self, model: Model | str | os.PathLike, threads: int | None) -> ort.InferenceSession:
         options = ort.SessionOptions()
-        options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
+        options.log_severity_level = 4  # load errors come back as exceptions (one line); warnings are noise
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1

@@ -102,6 +102,9 @@ def test_non_float_and_mismatched_outputs_are_null_not_invented():
     got = ints.result()
     assert got["sqnr_db"] is None and got["cosine"] is None and got["agreement"] is None
     assert got["max_abs"] == 1.0
+    words = Fidelity("text")
+    words.update(np.array(["a", "b", "c"]), np.array(["a", "x", "c"]))
+    assert words.result()["exact_match"] == pytest.approx(2 / 3) and words.result()["max_abs"] is None
     shapes = Fidelity("y")
     shapes.update(LOGITS[:, :5], LOGITS)
     assert shapes.result()["error"].startswith("shape [200, 5]") and shapes.result()["sqnr_db"] is None
