@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphsurg.diff.features import GraphFeatures, WeightSource, attr_digest
+from graphsurg.diff.features import GraphFeatures, WeightSource, attr_digest, tensor_digest
 from graphsurg.diff.match import Matcher, match_ops
 from graphsurg.diff.weights import same_contents, weight_stats
 from graphsurg.ir import Attr, Graph, Op, Value, dtypes
@@ -185,6 +185,7 @@ def _compare_weights(diff: GraphDiff) -> None:
             entry = pairs.setdefault((id(sa.value), id(sb.value)), WeightChange(sa, sb))
             entry.users_a.append((a, port))
             entry.users_b.append((b, port))
+    _pair_unread(diff, pairs)
     paired_a, paired_b = set(), set()
     for entry in pairs.values():
         paired_a.update(entry.a.stored())
@@ -199,6 +200,34 @@ def _compare_weights(diff: GraphDiff) -> None:
             diff.weights_changed.append(entry)
     diff.weights_removed = _unpaired(diff.fa, diff.matcher.a_to_b, paired_a, side="a")
     diff.weights_added = _unpaired(diff.fb, diff.matcher.b_to_a, paired_b, side="b")
+
+
+def _pair_unread(diff: GraphDiff, pairs: dict[tuple[int, int], WeightChange]) -> None:
+    """Initializers no op reads pair by name, then (renamed) by identical contents, so an unused
+    tensor kept in both files is not reported as removed and added."""
+    taken_a = {key[0] for key in pairs}
+    taken_b = {key[1] for key in pairs}
+    left_a = [v for v in diff.fa.index.graph.initializers.values()
+              if id(v) not in taken_a and not diff.fa.index.consumers.get(v)]
+    left_b = [v for v in diff.fb.index.graph.initializers.values()
+              if id(v) not in taken_b and not diff.fb.index.consumers.get(v)]
+    by_name = {v.name: v for v in left_b}
+    found = [(va, by_name[va.name]) for va in left_a if va.name in by_name]
+    named = {va for va, _ in found} | {vb for _, vb in found}
+    contents_b = _unique_by_contents(v for v in left_b if v not in named)
+    for key, va in _unique_by_contents(v for v in left_a if v not in named).items():
+        if key in contents_b:
+            found.append((va, contents_b[key]))
+    for va, vb in found:
+        pairs[(id(va), id(vb))] = WeightChange(WeightSource(va), WeightSource(vb))
+
+
+def _unique_by_contents(values) -> dict[str, Value]:
+    seen: dict[str, Value | None] = {}
+    for value in values:
+        key = tensor_digest(value.const)
+        seen[key] = None if key in seen else value
+    return {key: value for key, value in seen.items() if value is not None}
 
 
 def _unpaired(features: GraphFeatures, matched: dict[Op, Op], paired: set[Value], side: str) -> list[WeightChange]:
@@ -302,11 +331,11 @@ def _wiring_changes(diff: GraphDiff, a: Op, b: Op) -> list[dict[str, Any]]:
 def _same_source(diff: GraphDiff, va: Value | None, vb: Value | None) -> bool:
     if va is None or vb is None:
         return va is vb
+    if diff.fa.index.weight_source(va) is not None and diff.fb.index.weight_source(vb) is not None:
+        return True  # both read a weight (maybe now through DequantizeLinear): compared under weights
     mapped = diff.value_map.get(va)
     if mapped is not None:
         return mapped is vb
-    if diff.fa.index.weight_source(va) is not None and diff.fb.index.weight_source(vb) is not None:
-        return True  # both read a weight: compared in the weights section
     outer_a = va.graph is not diff.fa.index.graph
     outer_b = vb.graph is not diff.fb.index.graph
     return outer_a and outer_b and va.name == vb.name

@@ -35,11 +35,47 @@ def find_edits(diff: GraphDiff) -> list[dict[str, Any]]:
         for other in _neighbours(diff, key):
             if other in parent:
                 parent[root(key)] = root(other)
+    _join_replacements(diff, members, parent, root)
     groups: dict[Any, list] = {}
     for key in members:
         groups.setdefault(root(key), []).append(key)
     ordered = sorted(groups.values(), key=lambda keys: min(_position(diff, k) for k in keys))
     return [_describe(diff, keys) for keys in ordered] + _interface_edits(diff)
+
+
+def _join_replacements(diff: GraphDiff, members: list, parent: dict, root) -> None:
+    """A removed op and an added op that read the same value, or feed the same reader or graph
+    output, are one replacement (a new head where the old one was), not two edits."""
+    seen: dict[tuple, Any] = {}
+    for key in members:
+        if key[0] == "m":
+            continue
+        for anchor in _anchors(diff, key):
+            other = seen.setdefault(anchor, key)
+            if other[0] != key[0]:
+                parent[root(key)] = root(other)
+
+
+def _anchors(diff: GraphDiff, key: tuple[str, Op]) -> list[tuple]:
+    """The model-b places an added or removed op attaches to: values it reads, (reader, port) pairs
+    and graph outputs it writes."""
+    side, op = key
+    features = diff.fa if side == "a" else diff.fb
+    found = []
+    for value in op.inputs:
+        mapped = diff.value_map.get(value) if side == "a" else value
+        if mapped is not None and (side == "b" or value in diff.value_map):
+            found.append(("reads", id(mapped)))
+    for value in op.outputs:
+        for user, port in features.index.consumers.get(value, []) if value is not None else []:
+            reader = diff.matched.get(user) if side == "a" else user
+            if reader is not None:
+                found.append(("feeds", id(reader), port))
+        if side == "a":
+            found += [("writes", id(vb)) for va, vb in diff.output_pairs if va is value]
+        elif value is not None:
+            found += [("writes", id(value))]
+    return found
 
 
 def _members(diff: GraphDiff) -> list[tuple[str, Op]]:

@@ -16,6 +16,7 @@ Ops left unpaired are what was added or removed.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import Counter, deque
 from collections.abc import Iterable
 
@@ -27,18 +28,21 @@ _WINDOW = 64
 
 
 class Matcher:
-    def __init__(self, fa: GraphFeatures, fb: GraphFeatures):
+    def __init__(self, fa: GraphFeatures, fb: GraphFeatures, use_names: bool = True):
         self.fa, self.fb = fa, fb
         self.a_to_b: dict[Op, Op] = {}
         self.b_to_a: dict[Op, Op] = {}
         self.reasons: Counter = Counter()  # how many pairs each phase made (reported, and handy in tests)
-        self.names_reliable = _names_reliable(fa, fb)
+        self.use_names = use_names
+        self.names_reliable = use_names and _names_reliable(fa, fb)
+        self.cost = 0
 
     # ---- driver ---------------------------------------------------------------------------
     def run(self) -> dict[Op, Op]:
         depth = len(next(iter(self.fa.hashes.values()), [""])) - 1
         strong = self._unique_pairs(self.fa.index.order, self.fb.index.order, depth) if depth > 0 else {}
-        self._match_names(strong)
+        if self.use_names:
+            self._match_names(strong)
         for a, b in strong.items():
             self._pair(a, b, "structure")
         self._propagate(list(self.a_to_b.items()))
@@ -186,9 +190,52 @@ class Matcher:
 
 
 def match_ops(fa: GraphFeatures, fb: GraphFeatures) -> Matcher:
-    matcher = Matcher(fa, fb)
-    matcher.run()
-    return matcher
+    """Names first; when the models share names, also a matching by structure alone, and the one
+    that explains the difference with fewer edits wins (ties go to names). Names that exporters
+    number in order shift on every insertion and would otherwise pair the wrong ops."""
+    by_names = Matcher(fa, fb, use_names=True)
+    by_names.run()
+    by_names.cost = matching_cost(by_names)
+    if by_names.cost == 0 or not _shares_names(fa, fb):
+        return by_names
+    by_structure = Matcher(fa, fb, use_names=False)
+    by_structure.run()
+    by_structure.cost = matching_cost(by_structure)
+    return by_structure if by_structure.cost < by_names.cost else by_names
+
+
+def matching_cost(matcher: Matcher) -> int:
+    """How many edits a matching implies: unmatched ops, matched ops whose label differs, input ports
+    whose source does not correspond, and (where names carry meaning) pairs of ops each named with a
+    name the other model does not have, which read as one op replaced by another."""
+    fa, fb, pairs = matcher.fa, matcher.fb, matcher.a_to_b
+    cost = len(fa.index.order) + len(fb.index.order) - 2 * len(pairs)
+    reliable = _names_reliable(fa, fb)
+    names_a = {op.name for op in fa.index.order}
+    names_b = {op.name for op in fb.index.order}
+    for a, b in pairs.items():
+        cost += fa.labels[a] != fb.labels[b]
+        cost += sum(not _same_port_source(matcher, va, vb)
+                    for va, vb in itertools.zip_longest(a.inputs, b.inputs))
+        if reliable and a.name and b.name and a.name not in names_b and b.name not in names_a:
+            cost += 1
+    return cost
+
+
+def _same_port_source(matcher: Matcher, va, vb) -> bool:
+    ia, ib = matcher.fa.index, matcher.fb.index
+    pa = ia.producer.get(va) if va is not None else None
+    pb = ib.producer.get(vb) if vb is not None else None
+    if pa is not None or pb is not None:
+        return pa is not None and pb is not None and pa[1] == pb[1] and matcher.a_to_b.get(pa[0]) is pb[0]
+    if va is None or vb is None:
+        return va is vb
+    return ia.input_index.get(va) == ib.input_index.get(vb)  # graph inputs by position; constants agree
+
+
+def _shares_names(fa: GraphFeatures, fb: GraphFeatures) -> bool:
+    names_a = {key for op in fa.index.order for key in (_op_name(op), _first_output_name(op)) if key}
+    return any(key in names_a for op in fb.index.order for key in (_op_name(op), _first_output_name(op)) if key)
 
 
 def _unique_by(items: Iterable, key) -> dict:

@@ -6,6 +6,7 @@
   var DATA = JSON.parse(document.getElementById('diff-data').textContent);
   var SVGNS = 'http://www.w3.org/2000/svg';
   var NODE_W = 170, NODE_H = 38, GAP_X = 26, GAP_Y = 54, RUN_MIN = 3, SWEEPS = 4, READABLE = 0.6;
+  var LARGE = 400, CONTEXT = 2;  // hops of unchanged context kept around changes (1 above LARGE ops)
   var nodes = DATA.nodes, N = nodes.length;
   var preds = [], succs = [];
   for (var i = 0; i < N; i++) { preds.push([]); succs.push([]); }
@@ -46,10 +47,16 @@
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
   function badge(status) { return el('span', { 'class': 'badge ' + status, style: 'background:' + DATA.colors[status] }, [status]); }
 
-  // ---- runs of unchanged ops -------------------------------------------------------------------
+  // ---- folding unchanged ops ------------------------------------------------------------------
+  // Every connected region of unchanged ops more than CONTEXT hops from a change folds into one box,
+  // as a text diff keeps a few lines of context. Without changes only straight runs fold.
   function plain(i) { return nodes[i].status === 'unchanged'; }
   function link(u, v) { return plain(u) && plain(v) && succs[u].length === 1 && preds[v].length === 1 && succs[u][0] === v; }
   function computeRuns() {
+    var changed = nodes.some(function (n) { return n.status !== 'unchanged' && n.status !== 'io'; });
+    return changed ? foldRegions(N > LARGE ? 1 : CONTEXT) : foldChains();
+  }
+  function foldChains() {
     var runOf = new Array(N).fill(-1), list = [];
     for (var u = 0; u < N; u++) {
       if (!plain(u) || (preds[u].length === 1 && link(preds[u][0], u))) continue;
@@ -58,6 +65,36 @@
       if (chain.length >= RUN_MIN) {
         chain.forEach(function (m) { runOf[m] = list.length; });
         list.push(chain);
+      }
+    }
+    return { of: runOf, list: list };
+  }
+  function foldRegions(context) {
+    var near = new Array(N).fill(false), frontier = [];
+    nodes.forEach(function (n, k) { if (!plain(k)) { near[k] = true; frontier.push(k); } });
+    for (var hop = 0; hop < context; hop++) {
+      var next = [];
+      frontier.forEach(function (u) {
+        preds[u].concat(succs[u]).forEach(function (v) { if (!near[v]) { near[v] = true; next.push(v); } });
+      });
+      frontier = next;
+    }
+    var runOf = new Array(N).fill(-1), list = [];
+    for (var s0 = 0; s0 < N; s0++) {
+      if (near[s0] || runOf[s0] >= 0) continue;
+      var region = [s0], stack = [s0];
+      runOf[s0] = list.length;
+      while (stack.length) {
+        var u = stack.pop();
+        preds[u].concat(succs[u]).forEach(function (v) {
+          if (!near[v] && runOf[v] < 0) { runOf[v] = list.length; region.push(v); stack.push(v); }
+        });
+      }
+      if (region.length >= RUN_MIN) {
+        region.sort(function (a, b) { return a - b; });
+        list.push(region);
+      } else {
+        region.forEach(function (m) { runOf[m] = -1; });
       }
     }
     return { of: runOf, list: list };
@@ -151,14 +188,14 @@
       var bend = Math.max(24, Math.abs(y2 - y1) / 2);
       if (y2 <= y1) bend = -bend;
       gEdges.appendChild(svg('path', {
-        'class': cls[e[2]], 'marker-end': 'url(#arrow)',
+        'class': cls[e[2]], 'marker-end': 'url(#' + ['arrow', 'arrow-added', 'arrow-removed'][e[2]] + ')',
         d: 'M' + x1 + ',' + y1 + ' C' + x1 + ',' + (y1 + bend) + ' ' + x2 + ',' + (y2 - bend) + ' ' + x2 + ',' + y2
       }));
     });
     lay.ids.forEach(function (v) { gNodes.appendChild(v >= N ? runNode(v - N, lay) : opNode(v, lay)); });
-    var shown = lay.ids.length, hidden = N - lay.ids.filter(function (v) { return v < N; }).length;
-    document.getElementById('status-line').textContent = shown + ' boxes drawn' +
-      (hidden ? ', ' + hidden + ' unchanged ops folded into ' + (shown - (N - hidden)) + ' runs (click one to open it)' : '');
+    var visible = lay.ids.filter(function (v) { return v < N; }).length, folds = lay.ids.length - visible;
+    document.getElementById('status-line').textContent = N + ' ops; ' + visible + ' drawn' +
+      (folds ? ', ' + (N - visible) + ' unchanged in ' + folds + ' folds (click a fold to open it)' : '');
   }
 
   function opNode(i, lay) {
@@ -208,9 +245,11 @@
     applyView();
   }
   function initialView() {
-    // The whole graph when it is readable at that scale, else the region of the changes.
+    // The whole graph when it is readable at that scale, else the changes, else the first change.
     fit(false);
-    if (state.view.k < READABLE && changedIds.length) fit(true);
+    if (state.view.k >= READABLE || !changedIds.length) return;
+    fit(true);
+    if (state.view.k < READABLE) centreOn(changedIds[0]);
   }
   function centreOn(v) {
     var box = svgRoot.getBoundingClientRect(), k = Math.max(state.view.k, 0.8);

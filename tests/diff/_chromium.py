@@ -98,15 +98,21 @@ class Chromium:
 
     # ---- page ----------------------------------------------------------------------------------
     def open(self, url: str) -> None:
-        targets = self.send("Target.getTargets", session=False)["targetInfos"]
-        page = next(t for t in targets if t["type"] == "page")
-        self.session = self.send("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True},
-                                 session=False)["sessionId"]
-        for domain in ("Runtime", "Log", "Page", "Network"):
-            self.send(f"{domain}.enable")
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False})
+        """Loads `url` in the page (attaching to it the first time); events start afresh."""
+        if self.session is None:
+            targets = self.send("Target.getTargets", session=False)["targetInfos"]
+            page = next(t for t in targets if t["type"] == "page")
+            self.session = self.send("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True},
+                                     session=False)["sessionId"]
+            for domain in ("Runtime", "Log", "Page", "Network"):
+                self.send(f"{domain}.enable")
+            self.send("Emulation.setDeviceMetricsOverride",
+                      {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False})
+        self.events = []
         self.send("Page.navigate", {"url": url})
+        deadline = time.monotonic() + self.timeout
+        while not any(e.get("method") == "Page.loadEventFired" for e in self.events):
+            self.events.append(self._receive(deadline))
 
     def wait_for(self, expression: str, seconds: float = 30.0) -> bool:
         deadline = time.monotonic() + seconds
