@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from graphsurg.passes._excise_shapes import static_shapes
 from graphsurg.passes._excise_weights import WeightRef, resolve_weight
 
-from graphsurg import serde
 from graphsurg.ir import Graph, Model, Op, Value
 
 MAX_REASONS = 3
@@ -165,19 +165,23 @@ class DepGraph:
         self.fixups: list[Fixup] = []
         self.producers: list[Producer] = []
         self.order: dict[Op, int] = {}
+        self.shapes: dict[Value, tuple] = {}  # probed static shapes (see _excise_shapes)
 
     @classmethod
     def build(cls, model: Model, mode: str = "heads", exclude: Iterable[str] = ()) -> DepGraph:
+        from graphsurg.passes._excise_dims import check_dimension_reads
         from graphsurg.passes._excise_rules import RULES, generic_rule
 
-        serde.infer_shapes(model)
         dep = cls(model, mode, exclude)
-        for index, op in enumerate(dep.graph.topological_order()):
+        order = dep.graph.topological_order()
+        static_shapes(dep, order)
+        for index, op in enumerate(order):
             dep.order[op] = index
             rule: Callable[[DepGraph, Op], None] = RULES.get(op.op_type, generic_rule) \
                 if op.domain in ("", "ai.onnx") else generic_rule
             rule(dep, op)
         dep._fix_boundaries()
+        check_dimension_reads(dep)
         return dep
 
     def _fix_boundaries(self) -> None:
@@ -205,7 +209,8 @@ class DepGraph:
         array = self.graph.const_value(value)
         if array is not None:
             return array.ndim
-        return None if value.shape is None else len(value.shape)
+        shape = self.base_shape(value)
+        return None if shape is None else len(shape)
 
     def size(self, value: Value | None, axis: int) -> int | None:
         """The static size of `value` along `axis` (labels know it even when shapes do not)."""
@@ -214,11 +219,15 @@ class DepGraph:
         if axis in self.get(value):
             return len(self.get(value)[axis])
         array = self.graph.const_value(value)
-        shape = array.shape if array is not None else value.shape
+        shape = array.shape if array is not None else self.base_shape(value)
         if shape is None or not 0 <= axis < len(shape):
             return None
         dim = shape[axis]
         return dim if isinstance(dim, int) else None
+
+    def base_shape(self, value: Value) -> tuple | None:
+        """The shape before excision, as static as probing could make it."""
+        return self.shapes.get(value, value.shape)
 
     def shape(self, value: Value | None) -> tuple | None:
         """The value's shape with labeled axes filled in from their labels."""
@@ -227,9 +236,9 @@ class DepGraph:
         array = self.graph.const_value(value)
         if array is not None:
             return tuple(array.shape)
-        if value.shape is None:
+        if self.base_shape(value) is None:
             return None
-        dims = list(value.shape)
+        dims = list(self.base_shape(value))
         for axis, labels in self.get(value).items():
             if axis < len(dims):
                 dims[axis] = len(labels)

@@ -12,6 +12,7 @@ from graphsurg.passes._excise_weights import (
     refresh_chain_shapes,
     replace_effective,
     resolve_weight,
+    set_const_input,
     write_source,
 )
 
@@ -98,26 +99,19 @@ def _split(graph: Graph, op, keep: np.ndarray, fixup: Fixup, opset: int) -> None
     if opset < 13:
         graph.set_attrs(op, split=sizes)
         return
-    array = np.array(sizes, dtype=np.int64)
-    if len(op.inputs) > 1 and op.inputs[1] is not None:
-        replace_effective(graph, resolve_weight(graph, op, 1), array, "excised")
-    else:
-        graph.set_input(op, 1, graph.add_initializer(f"{op.name or op.outputs[0].name}_split", array))
-        graph.set_attrs(op, num_outputs=None)
+    set_const_input(graph, op, 1, np.array(sizes, dtype=np.int64), "split")
+    graph.set_attrs(op, num_outputs=None)  # explicit sizes replace an even split
 
 
 def _slice_bounds(graph: Graph, op, keep: np.ndarray, fixup: Fixup, opset: int) -> None:
+    """New bounds count the kept channels before the old ones; computed bounds become constants."""
     index, start, end = fixup.data["index"], fixup.data["start"], fixup.data["end"]
     new_start = int(keep[:start].sum())
     new_end = new_start + int(keep[start:max(start, end)].sum())
-    if opset < 10:
-        for name, value in (("starts", new_start), ("ends", new_end)):
-            values = list(op.attr(name))
-            values[index] = value
+    for name, port, value in (("starts", 1, new_start), ("ends", 2, new_end)):
+        values = list(fixup.data[name])
+        values[index] = value
+        if opset < 10:
             graph.set_attrs(op, **{name: values})
-        return
-    for port, value in ((1, new_start), (2, new_end)):
-        ref = resolve_weight(graph, op, port)
-        array = np.array(ref.effective(), copy=True)
-        array.reshape(-1)[index] = value
-        replace_effective(graph, ref, array, "excised")
+        else:
+            set_const_input(graph, op, port, np.array(values, dtype=np.int64))

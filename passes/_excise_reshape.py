@@ -12,7 +12,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from graphsurg.passes._excise_weights import constant_array, remove_dead, replace_effective, resolve_weight
+from graphsurg.passes._excise_static import probed_ints, probes
+from graphsurg.passes._excise_weights import (
+    remove_dead,
+    replace_effective,
+    resolve_weight,
+    set_const_input,
+)
 
 from graphsurg.ir import Graph, Op
 
@@ -50,16 +56,38 @@ def map_reshape(labels_uf, in_shape: tuple | None, out_shape: tuple | None, axis
     return varying, labels[cells[index]]
 
 
+def reshape_target(dep, op: Op) -> tuple | None:
+    """Reshape's output shape worked out from its target-shape tensor and its input shape, once
+    per probe of the symbolic dimensions: sizes equal under all probes are static (a head size
+    written as -1 next to symbolic batch and sequence), the others symbolic ("?")."""
+    in_shape = dep.shape(op.inputs[0])
+    targets = probed_ints(dep, op.inputs[1])
+    if in_shape is None or targets is None or any(d is None for d in in_shape):
+        return None
+    results = []
+    for probe, target in zip(probes(), targets, strict=True):
+        dims_in = [d if isinstance(d, int) else probe for d in in_shape]
+        dims = [dims_in[i] if d == 0 and not op.attr("allowzero", 0) and i < len(dims_in) else d
+                for i, d in enumerate(target)]
+        if dims.count(-1) == 1:
+            known = math.prod(d for d in dims if d != -1)
+            if known == 0 or math.prod(dims_in) % known:
+                return None
+            dims[dims.index(-1)] = math.prod(dims_in) // known
+        results.append(dims)
+    return tuple(a if all(r[i] == a for r in results) else "?" for i, a in enumerate(results[0]))
+
+
 def plan_shape_patch(dep, op: Op) -> dict | str:
     """How the target shape of Reshape `op` will be rewritten, decided before anything changes."""
     graph = dep.graph
     axes = sorted(dep.get(op.outputs[0]))
-    plan = {"axes": axes, "in_shape": dep.shape(op.inputs[0]), "out_shape": op.outputs[0].shape}
+    plan = {"axes": axes, "in_shape": dep.shape(op.inputs[0]), "out_shape": dep.base_shape(op.outputs[0])}
     if resolve_weight(graph, op, 1) is not None:
         return {**plan, "kind": "const"}
     producer = graph.producer(op.inputs[1])
     if producer is not None and producer.op_type == "Concat":
-        places = _concat_places(graph, producer, axes)
+        places = _concat_places(dep, producer, axes)
         if places is not None:
             return {**plan, "kind": "concat", "places": places}
     if plan["out_shape"] is not None and _rebuild(op, plan, {a: 1 for a in axes}) is not None:
@@ -67,13 +95,11 @@ def plan_shape_patch(dep, op: Op) -> dict | str:
     return "computes its target shape in a way the pass cannot update"
 
 
-def _concat_places(graph: Graph, concat: Op, axes: list[int]) -> list[tuple[int, int]] | None:
+def _concat_places(dep, concat: Op, axes: list[int]) -> list[tuple[int, int]] | None:
     """(Concat input port, offset in it) of each labeled entry; each must come from a constant."""
-    spans, start = [], 0
+    graph, spans, start = dep.graph, [], 0
     for value in concat.inputs:
-        array = constant_array(graph, value)
-        length = array.size if array is not None else (value.shape[0] if value is not None and value.shape
-                                                         and isinstance(value.shape[0], int) else None)
+        length = dep.size(value, 0) if value is not None and dep.rank(value) == 1 else None
         if length is None:
             return None
         spans.append((start, length))
@@ -81,7 +107,9 @@ def _concat_places(graph: Graph, concat: Op, axes: list[int]) -> list[tuple[int,
     places = []
     for axis in axes:
         port = next((p for p, (s, n) in enumerate(spans) if s <= axis < s + n), None)
-        if port is None or resolve_weight(graph, concat, port) is None:
+        # A computed piece (Unsqueeze(Gather(Shape(x)))) of one element can become a constant: the
+        # labeled axis has a static size.
+        if port is None or (resolve_weight(graph, concat, port) is None and spans[port][1] != 1):
             return None
         places.append((port, axis - spans[port][0]))
     return places
@@ -118,6 +146,9 @@ def apply_shape_patch(graph: Graph, op: Op, plan: dict, sizes: dict[int, int]) -
         concat = graph.producer(op.inputs[1])
         for axis, (port, offset) in zip(plan["axes"], plan["places"], strict=True):
             ref = resolve_weight(graph, concat, port)
+            if ref is None:
+                set_const_input(graph, concat, port, np.array([sizes[axis]], dtype=np.int64))
+                continue
             array = np.array(ref.effective(), copy=True)
             flat = array.reshape(-1)
             if flat[offset] != -1:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 from graphsurg.passes._depgraph import DepGraph, Fixup
-from graphsurg.passes._excise_reshape import map_reshape, plan_shape_patch
+from graphsurg.passes._excise_reshape import map_reshape, plan_shape_patch, reshape_target
+from graphsurg.passes._excise_static import static_ints
 from graphsurg.passes._excise_weights import WeightRef, const_ints, int_list
 
 from graphsurg.ir import Op, Value
@@ -397,10 +398,12 @@ def _reduce_axes(dep: DepGraph, op: Op, rank: int | None) -> set[int] | None:
         return None
     if op.op_type in ("ArgMax", "ArgMin"):
         return {_axis(op, "axis", 0, rank)}
-    axes = int_list(dep.graph, op, "axes", 1)
-    if axes is None:
-        if len(op.inputs) > 1 and op.inputs[1] is not None:
+    axes = [int(a) for a in op.attr("axes")] if op.attr("axes") is not None else None
+    if axes is None and len(op.inputs) > 1 and op.inputs[1] is not None:
+        axes = static_ints(dep, op.inputs[1])
+        if axes is None:
             return None
+    if axes is None:
         return set() if op.attr("noop_with_empty_axes", 0) else set(range(rank))
     return {a % rank for a in axes} if axes else (set() if op.attr("noop_with_empty_axes", 0) else set(range(rank)))
 
@@ -515,7 +518,9 @@ def reshape(dep: DepGraph, op: Op) -> None:
 
 
 def _out_shape(dep: DepGraph, op: Op) -> tuple | None:
-    shape = op.outputs[0].shape
+    if op.op_type == "Reshape":
+        return reshape_target(dep, op) or dep.base_shape(op.outputs[0])
+    shape = dep.base_shape(op.outputs[0])
     if shape is not None or op.op_type != "Flatten":
         return shape
     in_shape = dep.shape(op.inputs[0])
@@ -583,9 +588,11 @@ def split(dep: DepGraph, op: Op) -> None:
 
 
 def _split_sizes(dep: DepGraph, op: Op, total: int) -> list[int] | None:
-    sizes = int_list(dep.graph, op, "split", 1)
+    sizes = [int(v) for v in op.attr("split")] if op.attr("split") is not None else None
     if sizes is None and len(op.inputs) > 1 and op.inputs[1] is not None:
-        return None
+        sizes = static_ints(dep, op.inputs[1])
+        if sizes is None:
+            return None
     if sizes is None:
         count = int(op.attr("num_outputs", len(op.outputs)))
         chunk = -(-total // count)
@@ -607,12 +614,13 @@ def slice_(dep: DepGraph, op: Op) -> None:
         if axis not in params:
             dep.put(op.outputs[0], axis, labels)
             continue
-        start, end, step, index = params[axis]
+        start, end, step, index, starts, ends = params[axis]
         if step != 1:
             dep.labels.fix(labels, f"{op.label} slices them with a step")
             continue
         start, end = _clamp(start, len(labels)), _clamp(end, len(labels))
-        dep.fixups.append(Fixup("slice", op, labels, axis, data={"index": index, "start": start, "end": end}))
+        dep.fixups.append(Fixup("slice", op, labels, axis, data={"index": index, "start": start, "end": end,
+                                                                  "starts": starts, "ends": ends}))
         dep.put(op.outputs[0], axis, labels[start:max(start, end)])
 
 
@@ -621,14 +629,22 @@ def _clamp(i: int, n: int) -> int:
 
 
 def _slice_params(dep: DepGraph, op: Op, rank: int | None) -> dict | None:
+    """axis -> (start, end, step, position in the lists, starts, ends); bounds may be computed
+    from shapes (torch's chunk) as long as they do not depend on symbolic dimensions."""
     if rank is None:
         return None
-    old = dep.model.opset < 10
-    starts, ends = int_list(dep.graph, op, "starts", 1), int_list(dep.graph, op, "ends", 2)
-    axes = int_list(dep.graph, op, "axes", 3) if old or len(op.inputs) > 3 and op.inputs[3] is not None else None
-    steps = const_ints(dep.graph, op.inputs[4]) if not old and len(op.inputs) > 4 else None
-    if starts is None or ends is None or (axes is None and len(op.inputs) > 3 and op.inputs[3] is not None):
+    if dep.model.opset < 10:
+        starts, ends, axes, steps = op.attr("starts"), op.attr("ends"), op.attr("axes"), None
+    else:
+        starts, ends = static_ints(dep, op.inputs[1]), static_ints(dep, op.inputs[2])
+        optional = [static_ints(dep, op.inputs[p]) if len(op.inputs) > p and op.inputs[p] is not None else ()
+                    for p in (3, 4)]
+        if any(o is None for o in optional):
+            return None
+        axes, steps = (o or None for o in optional)
+    if starts is None or ends is None:
         return None
-    axes = axes if axes is not None else list(range(len(starts)))
-    steps = steps if steps is not None else [1] * len(starts)
-    return {a % rank: (starts[i], ends[i], steps[i], i) for i, a in enumerate(axes)}
+    starts, ends = list(starts), list(ends)
+    axes = list(axes) if axes is not None else list(range(len(starts)))
+    steps = list(steps) if steps is not None else [1] * len(starts)
+    return {a % rank: (starts[i], ends[i], steps[i], i, starts, ends) for i, a in enumerate(axes)}

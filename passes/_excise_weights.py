@@ -238,3 +238,16 @@ def replace_effective(graph: Graph, ref: WeightRef, effective: np.ndarray, suffi
         write_source(graph, ref, effective)
     else:
         materialize(graph, ref, effective, suffix)
+
+
+def set_const_input(graph: Graph, op: Op, port: int, array: np.ndarray, suffix: str = "excised") -> None:
+    """Makes `op` read `array` at input `port`: edits the constant behind it, or (when the input is
+    computed, e.g. shape arithmetic) gives the op a fresh initializer and drops what fed it."""
+    ref = resolve_weight(graph, op, port) if port < len(op.inputs) else None
+    if ref is not None:
+        replace_effective(graph, ref, array.astype(ref.source_array().dtype), suffix)
+        return
+    old = op.inputs[port] if port < len(op.inputs) else None
+    fresh = graph.add_initializer(f"{op.name or op.outputs[0].name}_{suffix}", array)
+    graph.set_input(op, port, fresh)
+    remove_dead(graph, [old])

@@ -90,9 +90,10 @@ class Excise(Pass):
             result.summary = "found no Conv, Gemm, MatMul or Gather layer with constant weights to excise"
             result.refuse("model", "no prunable layer (constant-weight Conv, ConvTranspose, Gemm, MatMul, Gather)")
             return
-        refused = sum(1 for g in groups if g.status == "refused")
+        left = len(groups) - len(excised)
         result.summary = (f"removed {removed} units in {len(excised)} of {len(groups)} groups, "
-                          f"{before} -> {after} parameters ({after / max(before, 1):.3f}x); {refused} groups refused")
+                          f"{before} -> {after} parameters ({after / max(before, 1):.3f}x); "
+                          f"{left} groups left whole (reasons listed)")
 
 
 def _group_entry(dep: DepGraph, group: Group) -> dict:
