@@ -30,7 +30,6 @@ class DataSection:
     calibration: Path | None = None
     evaluation: Path | None = None
     train: Path | None = None
-    validation: Path | None = None
     labels: str | None = "labels"
     batch_size: int = 64
 
@@ -50,10 +49,10 @@ class RecoverySection:
     lr: float = 1e-3
     batch_size: int = 64
     train: str = "all"
-    temperature: float = 2.0
-    alpha: float | None = None  # None: distillation only without labels, task loss only with labels
+    temperature: float = 4.0
+    alpha: float = 0.5  # task loss share when labels are used; the rest is distillation from the original
     use_labels: bool = True
-    val_split: float = 0.0
+    val_split: float = 0.1  # held out of the training data for early stopping
 
 
 @dataclass

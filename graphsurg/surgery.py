@@ -20,7 +20,7 @@ from graphsurg import certificate as cert
 from graphsurg import magnitude, serde
 from graphsurg.errors import BadInputError, PassError
 from graphsurg.fsutil import write_text
-from graphsurg.ir import Model
+from graphsurg.ir import Model, dtypes
 from graphsurg.pipeline import ChangeRecord, PassSpec, make_pass, run_passes
 from graphsurg.recipe import Recipe, Step
 from graphsurg.services import DataSpec, build_context
@@ -178,21 +178,36 @@ class Surgery:
 
     # ---- recovery ------------------------------------------------------------------------
     def recover(self, model: Model, original: Model, label: str, keep_record: bool = True) -> dict | None:
-        from graphsurg.train.api import recover_model
+        from graphsurg.train.data import load_arrays
+        from graphsurg.train.masks import ChangeInfo
+        from graphsurg.train.recover import RecoverOptions, recover
 
         rec, data = self.recipe.recovery, self.recipe.data
         self.stages.say(f"recover ({label})")
-        record = recover_model(
-            model, teacher=original, data=str(data.train), labels=data.labels if rec.use_labels else None,
-            epochs=rec.epochs, steps=rec.steps, lr=rec.lr, batch_size=rec.batch_size, train=rec.train,
-            temperature=rec.temperature, alpha=rec.alpha, val_split=rec.val_split,
-            validation=str(data.validation) if data.validation else None, changes=self.record,
-            seed=self.recipe.seed,
+        use_labels = bool(rec.use_labels and data.labels)
+        arrays = load_arrays(str(data.train), model, data.labels or "labels")
+        options = RecoverOptions(
+            epochs=rec.epochs if rec.steps is None else None, steps=rec.steps, lr=rec.lr, batch_size=rec.batch_size,
+            train=rec.train, temperature=rec.temperature, alpha=rec.alpha if use_labels else 0.0,
+            val_split=rec.val_split, seed=self.recipe.seed, use_labels=use_labels, progress=not self.stages.quiet,
         )
+        record = recover(model, arrays, teacher=original, options=options, changes=self.change_info(ChangeInfo))
         if keep_record:
             self.recovery_records.append(record)
         return record
 
+    def change_info(self, cls):
+        """The change record so far, in the form recovery reads (touched, new parameters, masks)."""
+        info = cls(source="graphsurg run")
+        for result in self.record.results:
+            info.touched += [n for n in result.touched if n not in info.touched]
+            info.new_parameters += [n for n in result.new_parameters if n not in info.new_parameters]
+            for key, array in result.arrays.items():
+                if key.startswith("mask/"):
+                    name = key[len("mask/"):]
+                    kept = array != 0
+                    info.masks[name] = kept & info.masks[name] if name in info.masks else kept
+        return info
 
     def finish(self, original: Model, model: Model, before, edited, immediate, recovered, final) -> dict:
         recipe = self.recipe
@@ -246,11 +261,11 @@ class Surgery:
         return path
 
     def recovery_summary(self) -> dict[str, Any]:
-        records = self.recovery_records
+        """n_tune and the recovery curve (validation metrics vs samples seen) with its a + b/sqrt(n) fit."""
+        records = [_without_timings(r) for r in self.recovery_records]
         if not records:
-            return {"enabled": self.recipe.recovery.enabled, "n_tune": 0, "curve": [], "fit": None}
-        final = records[-1]
-        curve = final.get("curve", [])
+            return {"enabled": self.recipe.recovery.enabled, "n_tune": 0, "curve": [], "fit": None, "records": []}
+        curve = [{"epoch": h["epoch"], "n_tune": h["n_tune"], **(h.get("val") or {})} for h in records[-1]["history"]]
         metric = self.recipe.budget.metric
         points = [(p["n_tune"], p.get(metric)) for p in curve if p.get(metric) is not None]
         return {"enabled": True, "n_tune": sum(r.get("n_tune", 0) for r in records), "curve": curve,
@@ -269,11 +284,28 @@ class Surgery:
             if gradients is not None:
                 data = self.recipe.data
                 spec = DataSpec(str(data.evaluation), data.labels, data.batch_size)
-                names = sorted({p.name for p in before.values()})
-                grads = gradients(original, names, data=spec)
+                grads = gradients(original, _trained_weights(original), data=spec)
                 samples = max(int(self.original_metrics.get("samples") or 1), 1)
                 constant = math.sqrt(sum(float((g.astype("float64") ** 2).sum()) for g in grads.values())) / samples
         return cert.BoundCheck(constant, change, delta).to_json()
+
+
+def _trained_weights(model: Model) -> list[str]:
+    """Float initializers that training would update: not BatchNorm running statistics (ports 3, 4)."""
+    graph = model.graph
+    statistics = {op.inputs[port].name for op in graph.ops if op.op_type == "BatchNormalization"
+                  for port in (3, 4) if len(op.inputs) > port and op.inputs[port] is not None}
+    return sorted(name for name, value in graph.initializers.items()
+                  if value.dtype in dtypes.FLOAT_CODES and value.const.size > 1 and name not in statistics
+                  and any(True for _ in graph.consumers(value)))
+
+
+def _without_timings(record: dict[str, Any]) -> dict[str, Any]:
+    """Recovery records carry wall-clock times; the certificate keeps those under `timings` only."""
+    cleaned = {k: v for k, v in record.items() if k != "elapsed_s"}
+    if "history" in cleaned:
+        cleaned["history"] = [{k: v for k, v in h.items() if k != "elapsed_s"} for h in cleaned["history"]]
+    return cleaned
 
 
 def _delta(metrics: dict | None, original: dict, key: str) -> float | None:
