@@ -34,6 +34,7 @@ class Matcher:
         self.b_to_a: dict[Op, Op] = {}
         self.reasons: Counter = Counter()  # how many pairs each phase made (reported, and handy in tests)
         self.use_names = use_names
+        self.strategy = "names" if use_names else "structure"
         self.names_reliable = use_names and _names_reliable(fa, fb)
         self.cost = 0
 

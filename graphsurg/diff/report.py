@@ -22,7 +22,9 @@ A graph section:
                  "renamed": [[name_a, name_b]]}; op = {"name", "op_type", "domain", "inputs", "outputs"}
   weights      {"unchanged": n, "changed", "added", "removed": [{"before", "after", "users", "shape",
                  "dtype", "quantized", "sparsity" (each [a, b]), "rel_change", "max_abs_change"}]}
-  matching     pairs made by each phase: name, structure, neighbours, similarity
+  matching     "strategy" (names: name-first won; structure: the structure-only matching explained
+               the change with fewer edits) and the pairs made by each phase: name, structure,
+               neighbours, similarity
   subgraphs    [{"op", "attribute", "graph": a graph section}] for bodies that differ
 """
 
@@ -154,7 +156,7 @@ def graph_section(diff: GraphDiff) -> dict[str, Any]:
             "added": [weight_entry(w) for w in diff.weights_added],
             "removed": [weight_entry(w) for w in diff.weights_removed],
         },
-        "matching": dict(sorted(diff.matcher.reasons.items())),
+        "matching": {"strategy": diff.matcher.strategy, **dict(sorted(diff.matcher.reasons.items()))},
         "subgraphs": [{"op": s.b.label, "attribute": s.attr, "graph": graph_section(s.diff)}
                       for s in diff.subgraphs if not s.diff.identical],
     }

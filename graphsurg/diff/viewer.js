@@ -462,7 +462,9 @@
     var t = el('table', {}, [el('tr', {}, head.map(function (h) { return el('th', {}, [h]); }))]);
     rows.forEach(function (r) {
       var id = target ? target(r) : undefined;
-      var tr = el('tr', { 'class': id !== undefined ? 'clickable' : '' }, cells(r).map(function (c) { return el('td', { 'class': 'mono' }, [c]); }));
+      var tr = el('tr', { 'class': id !== undefined ? 'clickable' : '' }, cells(r).map(function (c, k) {
+        return el('td', { 'class': k === 0 ? 'mono' : 'num' }, [c]);
+      }));
       if (id !== undefined) tr.addEventListener('click', function () { select(id, true); });
       t.appendChild(tr);
     });

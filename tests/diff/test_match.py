@@ -31,6 +31,7 @@ def test_numbered_names_that_shift_do_not_mislead_the_matcher(tmp_path):
     edited = E.insert_qdq(base, value)
     report = diff_protos(tmp_path, E.renumber_nodes(base), E.renumber_nodes(edited))
     g = report.graph
+    assert g.matcher.strategy == "structure"
     assert sorted(op.op_type for op in g.added) == ["DequantizeLinear", "QuantizeLinear"]
     assert not g.removed and not g.weights_changed
     assert len(g.changed) == 3 and all(e["what"] == "input" for c in g.changed for e in c.changes)
@@ -45,6 +46,7 @@ def test_a_renamed_new_head_is_a_replacement(tmp_path):
     base = E.load("digits_mlp")
     report = diff_protos(tmp_path, base, E.replace_gemm_head(base, "/net/net.5/Gemm", classes=5))
     g = report.graph
+    assert g.matcher.strategy == "names"
     assert [op.name for op in g.removed] == ["/net/net.5/Gemm"]
     assert [op.name for op in g.added] == ["new_head/Gemm"]
     assert [e["kind"] for e in g.edits] == ["replace", "interface-modify"]
