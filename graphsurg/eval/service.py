@@ -8,6 +8,7 @@ contract of `graphsurg eval --json` (see README "Measurement").
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -240,13 +241,25 @@ def size_bytes(model: ModelLike) -> int:
     """Bytes on disk: the file plus its external data files; for an in-memory model, its serialized
     size with the weights inline (external tensors counted by their length)."""
     if not isinstance(model, Model):
+        path = Path(model)
+        if not _may_reference_files(path):
+            return path.stat().st_size
         from graphsurg import serde
 
-        files = {str(Path(model).resolve())} | _external_files(serde.load(model))
+        files = {str(path.resolve())} | _external_files(serde.load(model))
         return sum(os.path.getsize(f) for f in files)
     if any(isinstance(v.const, ExternalTensor) for g in all_graphs(model.graph) for v in g.initializers.values()):
         return sum(v.const.nbytes for g in all_graphs(model.graph) for v in g.initializers.values())
     return len(model_bytes(model))
+
+
+def _may_reference_files(path: Path) -> bool:
+    """False when the file cannot hold an external-data reference: every one carries the key
+    "location" verbatim, so a file without that byte string needs no parse (a memory-mapped scan)."""
+    if path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        return mapped.find(b"location") >= 0
 
 
 def _external_files(model: Model) -> set[str]:

@@ -145,3 +145,16 @@ def test_onnx_simple_corpus_matches_stored_outputs_or_says_why(case):
     for entry in entries:
         assert entry.get("exact_match", 1.0) == 1.0
         assert entry["max_abs"] is None or entry["max_abs"] <= 1e-4
+
+
+def test_size_on_disk_counts_external_data(tmp_path):
+    from graphsurg.eval.service import size_bytes
+
+    target = tmp_path / "cnn.onnx"
+    serde.save(serde.load(MODELS / "digits_cnn.onnx"), target, external_data=True, size_threshold=256)
+    data = tmp_path / "cnn.onnx.data"
+    assert data.stat().st_size > 0
+    assert size_bytes(target) == target.stat().st_size + data.stat().st_size
+    result = evaluate(target, str(TEST))
+    assert result["size_bytes"] == target.stat().st_size + data.stat().st_size
+    assert round(result["metrics"]["accuracy"], 4) == recorded_accuracy("digits_cnn")
