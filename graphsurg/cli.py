@@ -48,15 +48,17 @@ def inspect(model: str, as_json: bool, top: int) -> None:
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in a .data file beside the model (default: as the input did).")
 @click.option("--size-threshold", default=1024, show_default=True, help="Smallest tensor (bytes) stored externally.")
+@click.option("--durable", is_flag=True, help="Flush the written files to disk before renaming them into place.")
 @click.option("--strict", is_flag=True, help="Exit 1 when the passes changed nothing.")
-@click.option("--data", type=click.Path(exists=True), help="Calibration/evaluation data (.npz or ONNX test-data folder).")
+@click.option("--data", type=click.Path(exists=True),
+              help="Calibration/evaluation data (.npz or ONNX test-data folder).")
 @click.option("--labels", default="labels", show_default=True, help="Key of the labels array in --data.")
 @click.option("--batch-size", default=64, show_default=True, help="Batch size when passes run the model.")
 @click.option("--max-degradation", type=float, help="Budget for passes that trade accuracy (e.g. quantize fallback).")
 @click.option("--metric", default="agreement", show_default=True, help="Metric the budget is measured in.")
 @click.option("--seed", default=0, show_default=True, help="Seed for passes that draw random numbers.")
 def apply(model: str, output: str, specs: tuple[str, ...], changes: str | None, external_data: bool | None,
-          size_threshold: int, strict: bool, data: str | None, labels: str, batch_size: int,
+          size_threshold: int, durable: bool, strict: bool, data: str | None, labels: str, batch_size: int,
           max_degradation: float | None, metric: str, seed: int) -> None:
     """Run passes on MODEL and write OUTPUT; with no -p it is a lossless round trip."""
     from graphsurg import serde
@@ -74,9 +76,13 @@ def apply(model: str, output: str, specs: tuple[str, ...], changes: str | None, 
             click.echo(f"{result.pass_name}: left {refusal['target']}: {refusal['reason']}", err=True)
         if result.summary:
             click.echo(f"{result.pass_name}: {result.summary}", err=True)
-    serde.save(loaded, output, external_data=external_data, size_threshold=size_threshold)
+    serde.save(loaded, output, external_data=external_data, size_threshold=size_threshold, durable=durable)
     if changes:
         record.save(changes)
+    missed = [r.pass_name for r in record.results if r.changes.get("budget_met") is False]
+    if missed:  # a pass searched for a setting within --max-degradation and found none; its best is written
+        raise BudgetExceeded(f"{', '.join(missed)}: no setting met --max-degradation {max_degradation} "
+                             f"({metric}); the best model found was written to {output}")
     if strict and passes and not record.modified:
         raise BudgetExceeded("--strict: the passes changed nothing")
 
@@ -88,16 +94,24 @@ def list_passes(as_json: bool) -> None:
     from graphsurg.pipeline import all_passes
     from graphsurg.pipeline.params import describe
 
-    table = {name: {"doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+    table = {name: {"doc": _summary(cls.__doc__),
                     "params": [{"name": n, "type": t, "default": d} for n, t, d in describe(cls.Params)]}
              for name, cls in all_passes().items()}
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return
+    width = max([len(p["name"]) for entry in table.values() for p in entry["params"]] + [16])
+    types = max([len(p["type"]) for entry in table.values() for p in entry["params"]] + [24])
     for name, entry in table.items():
         click.echo(f"{name}: {entry['doc']}")
         for param in entry["params"]:
-            click.echo(f"    {param['name']:<16} {param['type']:<32} default {param['default']}")
+            click.echo(f"    {param['name']:<{width}} {param['type']:<{types}} default {param['default']}")
+
+
+def _summary(doc: str | None) -> str:
+    """The first paragraph of a docstring, on one line."""
+    paragraph = (doc or "").strip().split("\n\n")[0]
+    return " ".join(paragraph.split())
 
 
 def _add_feature_commands() -> None:

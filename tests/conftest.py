@@ -55,12 +55,12 @@ def outputs_equal(a, b) -> bool:
     return bool(np.array_equal(a, b))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_ort():
     return ort_outputs
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def same_outputs():
     return outputs_equal
 

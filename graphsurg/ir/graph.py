@@ -324,14 +324,17 @@ class Graph:
     def replace_all_uses(self, old: Value, new: Value, outputs: bool = True) -> None:
         """Every consumer of `old` reads `new`; with `outputs`, graph outputs too.
 
-        Refuses (before changing anything) when a subgraph reads `old` by name.
+        The op producing `new` keeps reading `old`, so `replace_all_uses(x, add_op(f, [x]) output)`
+        puts `f` after `x`. Refuses (before changing anything) when a subgraph reads `old` by name.
         """
         for op in list(self._ops):
             if any(old.name in sub.free_names() for sub in op.subgraphs()):
                 raise GraphError(f"{old.name!r} is read inside a subgraph of {op.label}; rename instead")
         self._check_visible(new)
+        maker = self.producer(new) if new.graph is self else None
         for op, port in self.consumers(old):
-            self.set_input(op, port, new)
+            if op is not maker:
+                self.set_input(op, port, new)
         if outputs:
             self.outputs = [new if v is old else v for v in self.outputs]
 
