@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
+from graphsurg.errors import ServiceUnavailable
 from graphsurg.pipeline import PassContext
 
 _SERVICES = {
@@ -44,20 +46,31 @@ def _find(module: str, attr: str):
         return None
 
 
+def _present(module: str) -> bool:
+    """Whether a service module exists, without importing it (torch costs seconds to import)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
 def build_context(data: DataSpec | None = None, seed: int = 0, strict: bool = False,
                   **extra: Any) -> PassContext:
-    """A PassContext whose services read `data`; services without data are left out."""
+    """A PassContext whose services read `data`; services without data are left out. A service's
+    module is imported on its first call, so a pass pays only for the services it uses."""
     services = {}
     if data is not None:
         for name, (module, attr) in _SERVICES.items():
-            fn = _find(module, attr)
-            if fn is not None:
-                services[name] = functools.partial(_with_data, fn, data)
+            if _present(module):
+                services[name] = functools.partial(_with_data, module, attr, data)
     ctx = PassContext(services=services, seed=seed, data=data, strict=strict)
     for key, value in extra.items():
         setattr(ctx, key, value)
     return ctx
 
 
-def _with_data(fn, data: DataSpec, model, *args, **kwargs):
+def _with_data(module: str, attr: str, data: DataSpec, model, *args, **kwargs):
+    fn = _find(module, attr)
+    if fn is None:
+        raise ServiceUnavailable(f"{module}.{attr} cannot be imported (is its extra installed?)")
     return fn(model, *args, data=data, **kwargs)
