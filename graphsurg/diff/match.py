@@ -23,8 +23,7 @@ from collections.abc import Iterable
 from graphsurg.diff.features import GraphFeatures
 from graphsurg.ir import Op
 
-_MAX_PAIRS_PER_GROUP = 200_000  # similarity scoring is quadratic per op type; beyond this use a position window
-_WINDOW = 64
+_WINDOW = 16  # ops sharing a label compared by position with this many neighbours on each side
 
 
 class Matcher:
@@ -154,14 +153,40 @@ class Matcher:
         return made
 
     def _candidates(self, ops_a: list[Op], ops_b: list[Op]) -> Iterable[tuple[float, int, int]]:
-        if len(ops_a) * len(ops_b) <= _MAX_PAIRS_PER_GROUP:
-            pairs = ((ia, ib) for ia in range(len(ops_a)) for ib in range(len(ops_b)))
-        else:
-            pairs = _window_pairs(ops_a, ops_b, self.fa.index.position, self.fb.index.position)
-        for ia, ib in pairs:
-            score = self._score(ops_a[ia], ops_b[ib])
-            if score is not None:
-                yield score, ia, ib
+        """Scored pairs worth considering: ops with the same label (nearest by position when many
+        share it) and ops next to a pair already made. Scoring every pair would be quadratic."""
+        index_b = {op: i for i, op in enumerate(ops_b)}
+        by_label: dict[str, list[int]] = {}
+        for ib, op in enumerate(ops_b):
+            by_label.setdefault(self.fb.labels[op], []).append(ib)
+        windows = {label: _PositionWindow([ops_b[i] for i in members], members, self.fb.index.position)
+                   for label, members in by_label.items() if len(members) > 2 * _WINDOW}
+        for ia, a in enumerate(ops_a):
+            label = self.fa.labels[a]
+            near = windows[label].around(self.fa.index.position[a]) if label in windows else by_label.get(label, [])
+            found = set(near)
+            found.update(index_b[b] for b in self._beside_pairs(a) if b in index_b)
+            for ib in sorted(found):
+                score = self._score(a, ops_b[ib])
+                if score is not None:
+                    yield score, ia, ib
+
+    def _beside_pairs(self, a: Op) -> Iterable[Op]:
+        """Ops of b that sit where `a` sits relative to pairs already made: readers of what a's
+        producers' partners write, producers of what a's readers' partners read."""
+        ia, ib = self.fa.index, self.fb.index
+        for value in a.inputs:
+            found = ia.producer.get(value) if value is not None else None
+            partner = self.a_to_b.get(found[0]) if found else None
+            if partner is not None:
+                for out in partner.outputs:
+                    yield from (user for user, _ in ib.consumers.get(out, []) if user not in self.b_to_a)
+        for value in a.outputs:
+            for user, _ in ia.consumers.get(value, []) if value is not None else []:
+                partner = self.a_to_b.get(user)
+                if partner is not None:
+                    yield from (p[0] for v in partner.inputs if v is not None and (p := ib.producer.get(v))
+                                and p[0] not in self.b_to_a)
 
     def _score(self, a: Op, b: Op) -> float | None:
         """Evidence that a and b are the same op; None when there is none beyond the op type."""
@@ -281,11 +306,14 @@ def _names_reliable(fa: GraphFeatures, fb: GraphFeatures) -> bool:
     return smaller > 0 and len(names_a & names_b) >= 0.5 * smaller
 
 
-def _window_pairs(ops_a: list[Op], ops_b: list[Op], pos_a: dict, pos_b: dict) -> Iterable[tuple[int, int]]:
-    """Pairs of ops whose ranks by topological position are close (for very large op-type groups)."""
-    rank_b = sorted(range(len(ops_b)), key=lambda i: pos_b[ops_b[i]])
-    keys_b = [pos_b[ops_b[i]] for i in rank_b]
-    for ia, op in enumerate(ops_a):
-        centre = bisect.bisect_left(keys_b, pos_a[op])
-        for j in range(max(0, centre - _WINDOW), min(len(rank_b), centre + _WINDOW)):
-            yield ia, rank_b[j]
+class _PositionWindow:
+    """Members of a large label group, searchable by topological position."""
+
+    def __init__(self, ops: list[Op], indices: list[int], position: dict[Op, float]):
+        order = sorted(range(len(ops)), key=lambda k: position[ops[k]])
+        self.keys = [position[ops[k]] for k in order]
+        self.indices = [indices[k] for k in order]
+
+    def around(self, where: float) -> list[int]:
+        centre = bisect.bisect_left(self.keys, where)
+        return self.indices[max(0, centre - _WINDOW):centre + _WINDOW]
