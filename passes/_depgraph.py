@@ -46,11 +46,14 @@ class Labels:
         self.fixed: dict[int, list[str]] = {}
         self.live: set[int] = set()
         self.headed: set[int] = set()
+        self._table: np.ndarray | None = None  # root of every label, once unions are over
 
-    def new(self, count: int) -> np.ndarray:
+    def new(self, count: int, grouped: bool = False) -> np.ndarray:
+        """Fresh labels, each its own class; `grouped` puts them in one group (a layer's channels)."""
         start = len(self.parent)
         self.parent.extend(range(start, start + count))
-        self.group_parent.extend(range(start, start + count))
+        self.group_parent.extend([start] * count if grouped else range(start, start + count))
+        self._table = None
         return np.arange(start, start + count, dtype=np.int64)
 
     @staticmethod
@@ -68,11 +71,18 @@ class Labels:
     def group(self, x: int) -> int:
         return self._find(self.group_parent, int(x))
 
+    def freeze(self) -> None:
+        """Tabulates every label's root, so `roots` becomes one array lookup (no unions after)."""
+        self._table = np.array([self.find(x) for x in range(len(self.parent))], dtype=np.int64)
+
     def roots(self, labels: np.ndarray) -> np.ndarray:
+        if self._table is not None:
+            return self._table[labels]
         unique, inverse = np.unique(labels, return_inverse=True)
         return np.array([self.find(x) for x in unique], dtype=np.int64)[inverse].reshape(labels.shape)
 
     def union(self, a: int, b: int) -> None:
+        self._table = None
         self._union_groups(a, b)
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
@@ -95,12 +105,6 @@ class Labels:
     def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
         for x, y in set(zip(a.tolist(), b.tolist(), strict=True)):
             self.union(x, y)
-
-    def group_all(self, labels: np.ndarray) -> None:
-        """Puts labels in one group without coupling their classes (a layer's own channels)."""
-        first = int(labels[0]) if len(labels) else None
-        for x in labels.tolist()[1:]:
-            self._union_groups(first, x)
 
     def tie(self, labels: np.ndarray) -> int:
         """Makes all `labels` one class; returns a label of it."""
@@ -182,6 +186,7 @@ class DepGraph:
             rule(dep, op)
         dep._fix_boundaries()
         check_dimension_reads(dep)
+        dep.labels.freeze()
         return dep
 
     def _fix_boundaries(self) -> None:
@@ -264,8 +269,7 @@ class DepGraph:
         return any(fnmatch.fnmatchcase(name, pattern) for name in names if name for pattern in self.exclude)
 
     def new_producer(self, op: Op, count: int) -> np.ndarray:
-        labels = self.labels.new(count)
-        self.labels.group_all(labels)
+        labels = self.labels.new(count, grouped=True)
         self.producers.append(Producer(op, labels))
         return labels
 

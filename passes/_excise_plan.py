@@ -65,38 +65,53 @@ def unit_scores(dep: DepGraph, model: Model, importance: str, ctx: PassContext) 
     grads = _gradients(model, weights, ctx) if importance == "taylor" else {}
     scores: dict[int, float] = defaultdict(float)
     sink: dict[int, float] = defaultdict(float)
-    cache: dict[tuple, np.ndarray] = {}
+    norms = _Norms(grads)
     for member in weights:
-        array = cache.setdefault(member.ref.key, np.asarray(member.ref.effective(), dtype=np.float64))
-        magnitude = np.abs(array)
         if member.role == "in":
-            _accumulate(dep, sink, member, _per_index(magnitude, member.axis))
-        per_index = _member_importance(member, array, magnitude, importance, grads)
+            _accumulate(dep, sink, member, norms.get(member, "l1"))
+        per_index = norms.get(member, importance)
         if per_index is not None:
             mean = float(per_index.mean())
             _accumulate(dep, scores, member, per_index / mean if mean > 0 else per_index)
-    all_roots = {dep.labels.find(int(x)) for p in dep.producers for x in p.labels}
+    all_roots = set(dep.labels.roots(np.concatenate([p.labels for p in dep.producers])).tolist())
     dead = {r for r in all_roots if r not in dep.labels.live and sink.get(r, 0.0) == 0.0}
     return scores, dead
 
 
-def _member_importance(member: ArrayMember, array: np.ndarray, magnitude: np.ndarray, importance: str,
-                       grads: dict[str, np.ndarray]) -> np.ndarray | None:
-    if importance == "l1":
-        return _per_index(magnitude, member.axis)
-    if importance == "l2":
-        return np.sqrt(_per_index(magnitude * magnitude, member.axis))
-    grad = grads.get(member.ref.name)
-    if grad is None:
-        return None  # a weight the training backend does not see (a Constant node): no evidence
-    effective_grad = np.asarray(member.ref.effective(np.asarray(grad).reshape(member.ref.source_array().shape)),
-                                dtype=np.float64)
-    return _per_index(np.abs(array * effective_grad), member.axis)
+class _Norms:
+    """Per-index norms of member weights; each weight is read once and reduced once per axis."""
+
+    def __init__(self, grads: dict[str, np.ndarray]) -> None:
+        self.grads = grads
+        self.magnitudes: dict[tuple, np.ndarray] = {}
+        self.sums: dict[tuple, np.ndarray | None] = {}
+
+    def get(self, member: ArrayMember, importance: str) -> np.ndarray | None:
+        key = (member.ref.key, member.axis, importance)
+        if key not in self.sums:
+            values = self._values(member.ref, importance)
+            self.sums[key] = None if values is None else _per_index(values, member.axis)
+            if importance == "l2" and values is not None:
+                self.sums[key] = np.sqrt(self.sums[key])
+        return self.sums[key]
+
+    def _values(self, ref, importance: str) -> np.ndarray | None:
+        if ref.key not in self.magnitudes:
+            self.magnitudes[ref.key] = np.abs(np.asarray(ref.effective(), dtype=np.float32))
+        magnitude = self.magnitudes[ref.key]
+        if importance == "l1":
+            return magnitude
+        if importance == "l2":
+            return magnitude * magnitude
+        grad = self.grads.get(ref.name)
+        if grad is None:
+            return None  # a weight the training backend does not see (a Constant node): no evidence
+        return magnitude * np.abs(ref.effective(np.asarray(grad, dtype=np.float32).reshape(ref.source_array().shape)))
 
 
 def _per_index(values: np.ndarray, axis: int) -> np.ndarray:
     others = tuple(a for a in range(values.ndim) if a != axis)
-    return values.sum(axis=others) if others else values
+    return (values.sum(axis=others) if others else values).astype(np.float64)
 
 
 def _accumulate(dep: DepGraph, into: dict, member: ArrayMember, per_index: np.ndarray) -> None:
