@@ -31,9 +31,12 @@ def find_edits(diff: GraphDiff) -> list[dict[str, Any]]:
             key = parent[key]
         return key
 
+    rewired = _rewired_only(diff)
     for key in members:
         for other in _neighbours(diff, key):
-            if other in parent:
+            # An op that only reads from somewhere new belongs to the insertion or removal next to
+            # it, and does not chain two separate edits together (a residual Add reading both).
+            if other in parent and not (key[0] == other[0] == "m" and (key[1] in rewired or other[1] in rewired)):
                 parent[root(key)] = root(other)
     _join_replacements(diff, members, parent, root)
     groups: dict[Any, list] = {}
@@ -73,7 +76,7 @@ def _anchors(diff: GraphDiff, key: tuple[str, Op]) -> list[tuple]:
                 found.append(("feeds", id(reader), port))
         if side == "a":
             found += [("writes", id(vb)) for va, vb in diff.output_pairs if va is value]
-        elif value is not None:
+        elif value is not None and value in features.index.output_index:
             found += [("writes", id(value))]
     return found
 

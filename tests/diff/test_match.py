@@ -123,3 +123,30 @@ def test_renamed_shuffled_copies_of_the_corpus_are_identical(tmp_path):
         if not report.identical or report.counts()["ops_matched"] != len(proto.graph.node):
             failures.append(f"{path.relative_to(CORPUS)}: {report.summary()}")
     assert compared > 100 and not failures, failures
+
+
+def test_each_edit_of_a_generated_model_is_its_own_edit(tmp_path):
+    """Edits spread over a residual network (whose skip Adds read from two places) stay separate,
+    even with every name changed."""
+    import importlib.util
+
+    from graphsurg import serde
+    from graphsurg.diff import diff_models
+
+    spec = importlib.util.spec_from_file_location("graphsurg_bench_diff", E.MODELS.parent / "bench" / "diff.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    serde.save(bench.generate(800), tmp_path / "a.onnx")
+    edited = serde.load(tmp_path / "a.onnx")
+    made = bench.edit(edited)
+    bench.rename_everything(edited)
+    serde.save(edited, tmp_path / "b.onnx")
+    report = diff_models(serde.load(tmp_path / "a.onnx"), serde.load(tmp_path / "b.onnx"))
+    kinds = [edit["kind"] for edit in report.graph.edits]
+    assert kinds.count("insert") == made["qdq"] and kinds.count("remove") == made["excised"]
+    assert all(e["summary"].startswith("insert QuantizeLinear, DequantizeLinear after ") for e in report.graph.edits
+               if e["kind"] == "insert")
+    modified = [e for e in report.graph.edits if e["kind"] == "modify"]
+    assert modified and all("weights changed" in e["summary"] or "attribute note_only" in e["summary"]
+                            for e in modified)
+    assert set(kinds) == {"insert", "remove", "modify"}
