@@ -80,7 +80,8 @@ class ModelDiff:
             extra = f"; {counts['ops_renamed']} ops and {counts['values_renamed']} values renamed" if renamed else ""
             numeric = "; outputs agree within tolerance" if self.numeric else ""
             return f"identical ({counts['ops_matched']} ops matched{extra}{numeric})"
-        parts = [_plural(counts[key], word) for key, word in _SUMMARY_PARTS if counts[key]]
+        parts = [f"{counts[key]} {one if counts[key] == 1 else many}" for key, one, many in _SUMMARY_PARTS
+                 if counts[key]]
         if self.numeric and not self.numeric.get("within_tolerance"):
             parts.append("outputs differ beyond tolerance")
         return "differs: " + ", ".join(parts)
@@ -99,18 +100,14 @@ class ModelDiff:
         }
 
 
-_SUMMARY_PARTS = [
-    ("ops_added", "op added"), ("ops_removed", "op removed"), ("ops_changed", "op changed"),
-    ("weights_changed", "weight changed"), ("weights_added", "weight added"),
-    ("weights_removed", "weight removed"), ("inputs_changed", "input change"),
-    ("outputs_changed", "output change"), ("subgraphs_changed", "subgraph changed"),
-    ("model_changed", "model field changed"),
+_SUMMARY_PARTS = [  # count key, singular, plural
+    ("ops_added", "op added", "ops added"), ("ops_removed", "op removed", "ops removed"),
+    ("ops_changed", "op changed", "ops changed"), ("weights_changed", "weight changed", "weights changed"),
+    ("weights_added", "weight added", "weights added"), ("weights_removed", "weight removed", "weights removed"),
+    ("inputs_changed", "input change", "input changes"), ("outputs_changed", "output change", "output changes"),
+    ("subgraphs_changed", "subgraph changed", "subgraphs changed"),
+    ("model_changed", "model field changed", "model fields changed"),
 ]
-
-
-def _plural(count: int, phrase: str) -> str:
-    head, _, tail = phrase.partition(" ")
-    return f"{count} {head if count == 1 else head + 's'}{' ' + tail if tail else ''}"
 
 
 def _all_subgraph_diffs(diff: GraphDiff) -> list:

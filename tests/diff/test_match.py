@@ -150,3 +150,20 @@ def test_each_edit_of_a_generated_model_is_its_own_edit(tmp_path):
     assert modified and all("weights changed" in e["summary"] or "attribute note_only" in e["summary"]
                             for e in modified)
     assert set(kinds) == {"insert", "remove", "modify"}
+
+
+def test_opset_and_metadata_are_reported(tmp_path):
+    base = E.load("digits_mlp")
+    edited = onnx.ModelProto()
+    edited.CopyFrom(base)
+    edited.opset_import[0].version = 18
+    edited.producer_version = "9.9"
+    edited.metadata_props.add(key="license", value="Apache-2.0")
+    report = diff_protos(tmp_path, base, edited)
+    assert report.graph.identical and not report.identical
+    assert report.model_changes == [
+        {"field": "opset ai.onnx", "before": 17, "after": 18},
+        {"field": "producer_version", "before": "2.13.0", "after": "9.9"},
+        {"field": "metadata license", "before": None, "after": "Apache-2.0"},
+    ]
+    assert report.summary() == "differs: 3 model fields changed"
