@@ -6,6 +6,7 @@ tensor (every op output the matcher paired, even under new names): SQNR and max 
 `ErrorStats`). With labels, the accuracy of each model. Model a is the reference.
 
 Outputs agree within tolerance when max|b - a| <= tolerance * max(1, max|a|) for every paired output.
+Imported only for --data, so a structural diff never loads onnxruntime.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import numpy as np
 
 from graphsurg.diff.report import ModelDiff
 from graphsurg.errors import BadInputError
+from graphsurg.eval import ErrorStats, Fidelity, Runner, TaskMetrics, open_dataset
 from graphsurg.ir import Value
 
 
 def compare_numeric(report: ModelDiff, data: str, labels: str = "labels", batch_size: int = 64,
                     provider: str = "cpu", tolerance: float = 1e-4, tensors: bool = True,
                     threads: int | None = None) -> dict[str, Any]:
-    from graphsurg.eval import Runner, open_dataset
-
     diff = report.graph
     pairs = _tensor_pairs(report) if tensors else []
     runner_a = Runner(report.model_a, provider, threads, expose=[a.name for a, _ in pairs])
@@ -59,16 +59,15 @@ def _tensor_pairs(report: ModelDiff) -> list[tuple[Value, Value]]:
 
 class _Measure:
     def __init__(self, output_pairs: list[tuple[Value, Value]], tensor_pairs: list[tuple[Value, Value]]):
-        from graphsurg.eval import ErrorStats, Fidelity, TaskMetrics
-
         self.output_pairs = output_pairs
         self.tensor_pairs = tensor_pairs
         self.fidelity = {a.name: Fidelity(a.name) for a, _ in output_pairs}
         self.scale = dict.fromkeys(self.fidelity, 0.0)  # max|a| per output, for the tolerance
         self.errors = {a.name: ErrorStats() for a, _ in tensor_pairs}
         self.skipped: dict[str, str] = {}
-        self.task = {"a": TaskMetrics("a"), "b": TaskMetrics("b")}
+        self.task: dict[str, TaskMetrics] = {}  # per model, on the first output pair the labels fit
         self.task_pair: tuple[str, str] | None = None
+        self.task_notes: dict[str, str] = {}  # side -> why its accuracy could not be measured
 
     def update(self, out_a: dict[str, np.ndarray], out_b: dict[str, np.ndarray], labels: np.ndarray | None) -> None:
         for va, vb in self.output_pairs:
@@ -93,23 +92,29 @@ class _Measure:
             self.errors[name].add(np.asarray(out, np.float64), np.asarray(ref, np.float64))
 
     def _task(self, out_a: dict, out_b: dict, labels: np.ndarray) -> None:
-        from graphsurg.eval import TaskMetrics
-
         if self.task_pair is None:
             fits = [(a.name, b.name) for a, b in self.output_pairs
                     if TaskMetrics.applies(out_a[a.name], labels) and TaskMetrics.applies(out_b[b.name], labels)]
             self.task_pair = fits[0] if fits else ("", "")
-        if self.task_pair[0]:
-            self.task["a"].update(out_a[self.task_pair[0]], labels)
-            self.task["b"].update(out_b[self.task_pair[1]], labels)
+            self.task = {"a": TaskMetrics(self.task_pair[0]), "b": TaskMetrics(self.task_pair[1])}
+        if not self.task_pair[0]:
+            return
+        for side, outputs, name in (("a", out_a, self.task_pair[0]), ("b", out_b, self.task_pair[1])):
+            if side in self.task_notes:
+                continue
+            try:
+                self.task[side].update(outputs[name], labels)
+            except BadInputError as exc:  # a new head with fewer classes than the labels name
+                self.task_notes[side] = str(exc)
 
     def result(self, tolerance: float) -> dict[str, Any]:
         outputs = [self._output_row(va, vb, tolerance) for va, vb in self.output_pairs]
         tensors = [self._tensor_row(va, vb) for va, vb in self.tensor_pairs if va.name not in self.skipped]
         accuracy = None
         if self.task_pair and self.task_pair[0]:
-            accuracy = {"a": self.task["a"].result()["accuracy"], "b": self.task["b"].result()["accuracy"],
-                        "output": self.task_pair[1]}
+            accuracy = {side: None if side in self.task_notes else self.task[side].result()["accuracy"]
+                        for side in ("a", "b")}
+            accuracy.update(output=self.task_pair[1], notes=dict(self.task_notes))
         return {"within_tolerance": all(row["within_tolerance"] for row in outputs), "outputs": outputs,
                 "tensors": tensors, "tensors_skipped": dict(self.skipped), "accuracy": accuracy}
 

@@ -165,8 +165,10 @@ def _numeric(out: Writer, numeric: dict[str, Any]) -> None:
     out.heading(f"numeric: {numeric['samples']} samples of {numeric['data']}, outputs {verdict} tolerance "
                 f"{numeric['tolerance']:g}")
     accuracy = numeric.get("accuracy")
-    if accuracy and accuracy["a"] is not None:
-        out.line(f"accuracy ({accuracy['output']}): {accuracy['a']:.4f} -> {accuracy['b']:.4f}", 1)
+    if accuracy:
+        a, b = (f"{accuracy[s]:.4f}" if accuracy[s] is not None else "n/a" for s in ("a", "b"))
+        notes = "; ".join(f"{side}: {note}" for side, note in accuracy.get("notes", {}).items())
+        out.line(f"accuracy ({accuracy['output']}): {a} -> {b}" + (f"  ({notes})" if notes else ""), 1)
     for row in numeric["outputs"]:
         out.line("output " + _numeric_row(row), 1, None if row["within_tolerance"] else "~")
     tensors = sorted(numeric["tensors"], key=_sqnr_key)

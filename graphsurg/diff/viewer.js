@@ -441,7 +441,7 @@
     if (!num) { box.appendChild(el('p', { 'class': 'muted' }, ['Run graphsurg diff with --data to compare outputs and tensors numerically.'])); return; }
     box.appendChild(el('p', {}, [num.samples + ' samples of ' + num.data + '; outputs ' +
       (num.within_tolerance ? 'within' : 'beyond') + ' tolerance ' + num.tolerance]));
-    if (num.accuracy && num.accuracy.a !== null) {
+    if (num.accuracy) {
       box.appendChild(el('p', {}, ['accuracy: ' + fmt(num.accuracy.a) + ' \u2192 ' + fmt(num.accuracy.b)]));
     }
     box.appendChild(el('h3', {}, ['Outputs']));

@@ -73,3 +73,13 @@ def test_identical_models_with_data_exit_zero(capsys):
     assert exit_info.value.code == 0
     assert out.splitlines()[0] == "identical (6 ops matched; outputs agree within tolerance)"
     assert "output logits  SQNR inf dB  max|diff| 0" in out
+
+
+def test_a_new_head_with_fewer_classes_is_measured_where_it_can_be(tmp_path):
+    head = E.save(E.replace_gemm_head(E.load("digits_mlp"), "/net/net.5/Gemm", classes=5), tmp_path / "head.onnx")
+    report, result = numeric(str(head))
+    (output,) = result["outputs"]
+    assert not output["within_tolerance"] and output["note"] == "shape [64, 5] vs reference [64, 10]"
+    assert result["accuracy"]["a"] == pytest.approx(0.9722, abs=1e-4) and result["accuracy"]["b"] is None
+    assert "5 classes" in result["accuracy"]["notes"]["b"]
+    assert len(result["tensors"]) == 5 and all(row["sqnr_infinite"] for row in result["tensors"])
