@@ -24,10 +24,11 @@ class Excision:
 
     def __init__(self, dep: DepGraph, removed: set[int]):
         self.dep, self.graph = dep, dep.graph
-        self.removed = np.array(sorted(removed), dtype=np.int64)
+        every = np.arange(len(dep.labels.parent), dtype=np.int64)
+        self.kept = ~np.isin(dep.labels.roots(every), np.array(sorted(removed), dtype=np.int64))
 
     def keep(self, labels: np.ndarray) -> np.ndarray:
-        return ~np.isin(self.dep.labels.roots(labels), self.removed)
+        return self.kept[labels]
 
     def run(self) -> list[str]:
         """Applies the plan; returns the initializers it changed or created."""

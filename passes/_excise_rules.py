@@ -168,17 +168,27 @@ def conv(dep: DepGraph, op: Op) -> None:
 
 def _grouped(dep: DepGraph, op: Op, ref: WeightRef | None, in_labels: np.ndarray | None,
              group: int) -> np.ndarray | None:
+    """Depthwise (one input channel per group): output channels follow their input channel and
+    whole groups go. Other grouped Convs keep their group count and lose the same within-group
+    positions in every group (input channels tied across groups, output channels likewise)."""
     reason = _unusable(dep, op, ref)
+    cout, per_group = _weight_shape(ref)[:2] if reason is None else (0, 0)
+    if reason is None and in_labels is not None and len(in_labels) != group * per_group:
+        reason = f"{op.label}'s input channels do not match its weight"
     if reason:
         if in_labels is not None:
             dep.labels.fix(in_labels, reason)
         return None
-    cout = _weight_shape(ref)[0]
-    if in_labels is None or len(in_labels) % group or cout % group:
-        return None  # the input channels cannot move, so neither can the groups
-    groups = np.array([dep.labels.tie(row) for row in in_labels.reshape(group, -1)], dtype=np.int64)
-    dep.fixups.append(Fixup("conv_groups", op, groups))
-    labels = np.repeat(groups, cout // group)
+    if per_group == 1:
+        if in_labels is None or cout % group:
+            return None  # the input channels cannot move, so neither can the groups
+        dep.fixups.append(Fixup("conv_groups", op, in_labels))
+        labels = np.repeat(in_labels, cout // group)
+    else:
+        if in_labels is not None:
+            columns = np.array([dep.labels.tie(column) for column in in_labels.reshape(group, per_group).T])
+            dep.member(ref, 1, columns, "in")
+        labels = np.tile(dep.new_producer(op, cout // group), group)
     dep.member(ref, 0, labels, "out")
     return labels
 
@@ -353,6 +363,16 @@ def layernorm(dep: DepGraph, op: Op) -> None:
         if joint >= axis:
             dep.labels.mark(dep.labels.live, labels)
         dep.put(op.outputs[0], joint, labels)
+
+
+@rule("LRN")
+def local_response_norm(dep: DepGraph, op: Op) -> None:
+    """LRN normalizes each channel by its neighbours: the channels that remain become neighbours
+    (like a pruned LayerNorm's statistics); never provably dead."""
+    for axis, labels in dep.get(op.inputs[0]).items():
+        if axis == 1:
+            dep.labels.mark(dep.labels.live, labels)
+        dep.put(op.outputs[0], axis, labels)
 
 
 @rule("Softmax", "LogSoftmax", "Hardmax")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphsurg.ir import ArrayTensor, Graph, Op, Value
+from graphsurg.ir.graph import CAPTURE
 
 _DEFAULT = ("", "ai.onnx")
 CHAIN_OPS = frozenset({"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze"})
@@ -142,8 +143,10 @@ def _map_unit_axes(out_shape: tuple[int, ...], in_shape: tuple[int, ...], axis: 
 
 
 def _single_reader(graph: Graph, value: Value) -> bool:
-    return (len(graph.consumers(value)) == 1 and value not in graph.outputs and value not in graph.inputs
-            and not any(value.name in sub.free_names() for op in graph.ops for sub in op.subgraphs()))
+    # An If/Loop/Scan body reading the value shows as a capture edge, which consumers() leaves out.
+    captured = any(key == CAPTURE for _, _, key in graph.nx.out_edges(value, keys=True))
+    return len(graph.consumers(value)) == 1 and not captured and value not in graph.outputs \
+        and value not in graph.inputs
 
 
 def resolve_weight(graph: Graph, op: Op, port: int) -> WeightRef | None:

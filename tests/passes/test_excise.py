@@ -144,6 +144,23 @@ def test_depthwise_channels_follow_their_input(multiplier):
     assert ir.graph.find_op("dw").attr("group") == 3
 
 
+def test_grouped_conv_removes_the_same_positions_in_every_group():
+    w0, wg, w2 = weights(8, 2, 1, 1), weights(6, 4, 3, 3), weights(3, 6, 1, 1)
+    # group=2: input channels 0-3 feed outputs 0-2, 4-7 feed 3-5; position j of a group is
+    # channel j (input) or 3*i + j (output) in group i.
+    wg[:, [0, 2]] = 0  # input positions 0 and 2 are read by no output: conv0 channels 0, 2, 4, 6 are dead
+    w2[:, [0, 1, 3, 4]] = 0  # output positions 0 and 1 feed nothing
+    nodes = [conv("conv0", "x", "w0", "a", pad=0), helper.make_node("Relu", ["a"], ["r"]),
+             conv("grouped", "r", "wg", "g", group=2), helper.make_node("Relu", ["g"], ["s"]),
+             conv("conv2", "s", "w2", "y", pad=0)]
+    model = make_model(nodes, [tensor("x", ["N", 2, 4, 4])], [tensor("y", ["N", 3, 4, 4])],
+                       {"w0": w0, "wg": wg, "w2": w2})
+    ir, result = assert_preserved(model, "excise{ratio=0.5}", {"x": RNG.normal(size=(2, 2, 4, 4)).astype(np.float32)})
+    assert group(result, "conv0")["removed"] == {"conv0": [0, 2, 4, 6]}
+    assert group(result, "grouped")["removed"] == {"grouped": [0, 1]}  # positions, in each of the 2 groups
+    assert shape_of(ir, "wg") == (2, 2, 3, 3) and ir.graph.find_op("grouped").attr("group") == 2
+
+
 # ---- Flatten / Reshape after a conv -----------------------------------------------------------
 @pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
 def test_flatten_after_conv_maps_each_channel_to_its_spatial_block(flatten):
