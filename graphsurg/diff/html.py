@@ -93,9 +93,8 @@ class UnionGraph:
         keys += [("m", a) for a in diff.fa.index.order if a in diff.matched]
         keys += [("a", op) for op in diff.removed] + [("b", op) for op in diff.added]
         keys += [("out", v) for v in diff.fb.index.graph.outputs]
-        paired_b = {vb for _, vb in diff.output_pairs}
-        keys += [("out_a", v) for v in diff.fa.index.graph.outputs if diff.value_map.get(v) not in paired_b
-                 and all(va is not v for va, _ in diff.output_pairs)]
+        paired_a = {va for va, _ in diff.output_pairs}
+        keys += [("out_a", v) for v in diff.fa.index.graph.outputs if v not in paired_a]  # removed outputs
         return keys
 
     def _order(self) -> list[tuple[str, Any]]:
