@@ -222,6 +222,8 @@ def match_ops(fa: GraphFeatures, fb: GraphFeatures) -> Matcher:
     by_names = Matcher(fa, fb, use_names=True)
     by_names.run()
     by_names.cost = matching_cost(by_names)
+    if not by_names.reasons["name"]:
+        by_names.strategy = "structure"  # no name was shared: structure made every pair
     if by_names.cost == 0 or not _shares_names(fa, fb):
         return by_names
     by_structure = Matcher(fa, fb, use_names=False)
