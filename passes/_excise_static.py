@@ -12,6 +12,13 @@ from graphsurg.passes._numpy_ops import KERNELS
 
 from graphsurg.ir import Value
 
+
+def _mod(op, xs, opset):
+    return [np.asarray(np.fmod(xs[0], xs[1]) if op.attr("fmod", 0) else np.mod(xs[0], xs[1]))]
+
+
+# Integer ops that shape arithmetic uses and constant folding has no kernel for.
+_EXTRA = {"Mod": _mod}
 _MAX_DEPTH = 24
 _MAX_ELEMENTS = 1 << 12  # shape vectors, bounds and sizes are tiny; anything bigger is data
 _SYMBOLIC_PROBES = (1, 7)
@@ -64,7 +71,7 @@ def _from_producer(dep, value: Value, probe: int, memo: dict, depth: int) -> np.
             return None
         dims = np.array([d if isinstance(d, int) else probe for d in shape], dtype=np.int64)
         return dims[op.attr("start", 0):op.attr("end")]
-    kernel = KERNELS.get(op.op_type)
+    kernel = KERNELS.get(op.op_type) or _EXTRA.get(op.op_type)
     if kernel is None or op.subgraphs():
         return None
     inputs = []

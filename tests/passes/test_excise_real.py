@@ -109,6 +109,105 @@ def test_encoder_auto_shrinks_every_group_and_stays_dynamic(encoder):
         assert run(serde.to_bytes(ir), x).shape == (batch, 5)
 
 
+# ---- sentence encoders: HF BERT style, and torch's nn.TransformerEncoder -------------------------
+class BertSelfAttention(nn.Module):
+    """Written the way HF transformers writes BERT: view(size()[:-1] + (heads, head size))."""
+
+    def __init__(self, hidden=32, heads=4):
+        super().__init__()
+        self.num_attention_heads, self.attention_head_size = heads, hidden // heads
+        self.all_head_size = heads * self.attention_head_size
+        self.query, self.key, self.value = (nn.Linear(hidden, self.all_head_size) for _ in range(3))
+
+    def transpose_for_scores(self, x):
+        return x.view(x.size()[:-1] + (self.num_attention_heads, self.attention_head_size)).permute(0, 2, 1, 3)
+
+    def forward(self, hidden_states, mask):
+        q, k, v = (self.transpose_for_scores(f(hidden_states)) for f in (self.query, self.key, self.value))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / self.attention_head_size ** 0.5 + mask
+        context = torch.matmul(scores.softmax(-1), v).permute(0, 2, 1, 3).contiguous()
+        return context.view(context.size()[:-2] + (self.all_head_size,))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.attention, self.dense = BertSelfAttention(hidden), nn.Linear(hidden, hidden)
+        self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.intermediate, self.output = nn.Linear(hidden, 4 * hidden), nn.Linear(4 * hidden, hidden)
+
+    def forward(self, x, mask):
+        x = self.ln1(x + self.dense(self.attention(x, mask)))
+        return self.ln2(x + self.output(F.gelu(self.intermediate(x))))
+
+
+class SentenceEncoder(nn.Module):
+    """Word and position embeddings, 2 BERT layers, masked mean pooling: a sentence embedding."""
+
+    def __init__(self, dead_heads=()):
+        super().__init__()
+        torch.manual_seed(0)
+        self.word, self.position = nn.Embedding(100, 32), nn.Embedding(64, 32)
+        self.norm, self.layers = nn.LayerNorm(32), nn.ModuleList([BertLayer(), BertLayer()])
+        with torch.no_grad():
+            for layer in self.layers:
+                for h in dead_heads:
+                    layer.dense.weight[:, h * 8:(h + 1) * 8] = 0
+
+    def forward(self, input_ids, attention_mask):
+        positions = torch.arange(input_ids.size(1)).unsqueeze(0)
+        x = self.norm(self.word(input_ids) + self.position(positions))
+        mask = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
+        for layer in self.layers:
+            x = layer(x, mask)
+        return (x * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
+
+
+def test_bert_style_sentence_encoder_loses_heads_with_symbolic_batch_and_sequence(tmp_path):
+    ids, mask = torch.randint(0, 100, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    path = tmp_path / "sentence.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(SentenceEncoder(dead_heads=(1, 2)).eval(), (ids, mask), str(path), dynamo=False,
+                          opset_version=17, input_names=["input_ids", "attention_mask"], output_names=["y"],
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}})
+    model = onnx.load(str(path))
+    ir, result = excise(model, "excise{ratio=0.5,target=heads}")
+    heads = [g for g in result.changes["groups"] if g["kind"] == "heads"]
+    assert len(heads) == 2 and all(g["removed_units"] == [1, 2] for g in heads)
+    import onnxruntime as ort
+
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(serde.to_bytes(ir), providers=["CPUExecutionProvider"])
+    for batch, seq in ((2, 7), (3, 12)):
+        feeds = {"input_ids": RNG.integers(0, 100, (batch, seq)), "attention_mask": np.ones((batch, seq), np.int64)}
+        feeds["attention_mask"][0, seq // 2:] = 0  # padding, masked out
+        np.testing.assert_allclose(after.run(None, feeds)[0], before.run(None, feeds)[0], rtol=1e-5, atol=1e-5)
+    _, result = excise(model, "excise{ratio=0.5}")
+    statuses = [g["status"] for g in result.changes["groups"]]
+    assert statuses == ["refused", "excised", "excised", "excised", "excised"]  # the width reaches the output
+    assert "graph output 'y'" in result.refused[0]["reason"]
+
+
+def test_torch_transformer_encoder_refuses_packed_heads_with_reasons(tmp_path):
+    """nn.MultiheadAttention exports a packed in-projection and a (seq, batch*heads, d) layout
+    with the head size computed from Shape: heads stay (with reasons), the FFNs go."""
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    net = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Linear(32, 8))
+    with torch.no_grad():  # the encoder clones one layer; identical weights would be exported shared
+        for parameter in net.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.01)
+    model = export(net, torch.randn(2, 7, 32), tmp_path / "encoder.onnx", {"x": {0: "batch"}, "y": {0: "batch"}})
+    ir, result = excise(model, "excise{ratio=0.5}")
+    excised = [g["group"] for g in result.changes["groups"] if g["status"] == "excised"]
+    assert excised == ["/0/layers.0/linear1/MatMul", "/0/layers.1/linear1/MatMul"]  # the FFN neurons
+    reasons = {r["target"]: r["reason"] for r in result.refused}
+    assert "reads their count, which the target shape of" in reasons["group /0/layers.0/self_attn/Gemm"]
+    assert "has no prunable channels" in reasons["group /0/layers.0/linear2/MatMul"]  # the graph input is residual
+    x = RNG.normal(size=(3, 7, 32)).astype(np.float32)
+    assert run(serde.to_bytes(ir), x).shape == (3, 7, 8)
+
+
 # ---- a decomposed LayerNorm, weights behind Transpose ------------------------------------------
 class ManualLayerNorm(nn.Module):
     def __init__(self, dim):
