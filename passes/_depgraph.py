@@ -130,7 +130,7 @@ class ArrayMember:
     ref: WeightRef
     axis: int
     labels: np.ndarray
-    role: str  # "out": a layer's output rows, "in": a layer's input columns, "param": per-channel data
+    role: str  # "out"/"in": a layer's output rows/input columns; "scale": a norm's scale; "param": other data
 
 
 @dataclass

@@ -61,7 +61,7 @@ def collect_groups(dep: DepGraph) -> list[Group]:
 # ---- importance -----------------------------------------------------------------------
 def unit_scores(dep: DepGraph, model: Model, importance: str, ctx: PassContext) -> tuple[dict, set]:
     """(score per class root, dead class roots)."""
-    weights = [m for m in dep.members if m.role in ("in", "out")]
+    weights = [m for m in dep.members if m.role in ("in", "out", "scale")]
     grads = _gradients(model, weights, ctx) if importance == "taylor" else {}
     scores: dict[int, float] = defaultdict(float)
     sink: dict[int, float] = defaultdict(float)

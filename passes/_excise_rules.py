@@ -327,8 +327,8 @@ def _per_channel(dep: DepGraph, op: Op, ports: tuple[int, ...]) -> None:
                 ref = dep.weight(op, port)
                 if ref is None:
                     dep.labels.fix(labels, f"{op.label}'s parameter {port} is not a constant")
-                else:
-                    dep.member(ref, 0, labels, "param")
+                else:  # the scale weighs the channel like a layer's weights; shift and statistics do not
+                    dep.member(ref, 0, labels, "scale" if port == 1 else "param")
         dep.put(op.outputs[0], axis, labels)
 
 
