@@ -367,7 +367,7 @@ def test_taylor_ranks_by_weight_times_gradient():
         grads = {}
         for name in params:
             grad = np.ones(ir.graph.lookup(name).shape, np.float32)
-            if name in ("w0", "w1"):
+            if name in ("w0", "w1", "g"):  # g: the BatchNorm scale counts as a weight of the group
                 grad[[3, 4]] = 1e-6
             if name in ("w1", "w2"):
                 grad[:, [3, 4]] = 1e-6
@@ -376,7 +376,7 @@ def test_taylor_ranks_by_weight_times_gradient():
 
     ctx = PassContext(services={"gradients": gradients})
     _, result = excise(model, "excise{ratio=0.25,importance=taylor}", ctx)
-    assert sorted(names) == ["w0", "w1", "w2"]
+    assert sorted(names) == ["g", "w0", "w1", "w2"]
     assert group(result, "conv0")["removed"]["conv0"] == [3, 4]
 
 
