@@ -174,14 +174,14 @@ class DepGraph:
     @classmethod
     def build(cls, model: Model, mode: str = "heads", exclude: Iterable[str] = ()) -> DepGraph:
         from graphsurg.passes._excise_dims import check_dimension_reads
-        from graphsurg.passes._excise_rules import RULES, generic_rule
+        from graphsurg.passes._excise_rules import generic_rule, load_rules
 
         dep = cls(model, mode, exclude)
-        order = dep.graph.topological_order()
+        rules, order = load_rules(), dep.graph.topological_order()
         static_shapes(dep, order)
         for index, op in enumerate(order):
             dep.order[op] = index
-            rule: Callable[[DepGraph, Op], None] = RULES.get(op.op_type, generic_rule) \
+            rule: Callable[[DepGraph, Op], None] = rules.get(op.op_type, generic_rule) \
                 if op.domain in ("", "ai.onnx") else generic_rule
             rule(dep, op)
         dep._fix_boundaries()

@@ -52,8 +52,10 @@ class _Weight:
 
 
 class Prune(Pass):
-    """Zeros the smallest-magnitude elements of constant weights; shapes stay, so the change
-    shrinks the compressed file and sparse kernels, and recovery keeps the zeros (masks).
+    """Zeros the smallest-magnitude weights; shapes stay, recovery keeps the zeros (masks).
+
+    The model compresses better and sparse kernels can skip the zeros; dense kernels do not get
+    faster (that is what `excise` is for).
 
     Handles: weights of the listed op types (Conv and ConvTranspose input 1, Gemm/MatMul constant
     operands of rank >= 2, Gather tables, any constant input of rank >= 2 for other types) held in
