@@ -8,7 +8,7 @@ import numpy as np
 from graphsurg.passes._depgraph import DepGraph, Fixup
 from graphsurg.passes._excise_reshape import map_reshape, plan_shape_patch, reshape_target
 from graphsurg.passes._excise_rules import axis_attr, rule
-from graphsurg.passes._excise_static import static_ints
+from graphsurg.passes._excise_static import ints_param, static_ints
 
 from graphsurg.ir import Op
 
@@ -129,11 +129,9 @@ def split(dep: DepGraph, op: Op) -> None:
 
 
 def _split_sizes(dep: DepGraph, op: Op, total: int) -> list[int] | None:
-    sizes = [int(v) for v in op.attr("split")] if op.attr("split") is not None else None
-    if sizes is None and len(op.inputs) > 1 and op.inputs[1] is not None:
-        sizes = static_ints(dep, op.inputs[1])
-        if sizes is None:
-            return None
+    given, sizes = ints_param(dep, op, "split", 1)
+    if given and sizes is None:
+        return None
     if sizes is None:
         count = int(op.attr("num_outputs", len(op.outputs)))
         chunk = -(-total // count)

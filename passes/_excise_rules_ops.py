@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from graphsurg.passes._depgraph import DepGraph
 from graphsurg.passes._excise_rules import axis_attr, extra_outputs_used, generic_rule, rule
-from graphsurg.passes._excise_static import static_ints
+from graphsurg.passes._excise_static import ints_param
 from graphsurg.passes._excise_weights import const_ints, int_list
 
 from graphsurg.ir import Op
@@ -160,14 +160,12 @@ def _reduce_axes(dep: DepGraph, op: Op, rank: int | None) -> set[int] | None:
         return None
     if op.op_type in ("ArgMax", "ArgMin"):
         return {axis_attr(op, "axis", 0, rank)}
-    axes = [int(a) for a in op.attr("axes")] if op.attr("axes") is not None else None
-    if axes is None and len(op.inputs) > 1 and op.inputs[1] is not None:
-        axes = static_ints(dep, op.inputs[1])
-        if axes is None:
-            return None
-    if axes is None:
+    given, axes = ints_param(dep, op, "axes", 1)
+    if given and axes is None:
+        return None
+    if not axes:  # absent or empty: every axis, unless the op is told to do nothing then
         return set() if op.attr("noop_with_empty_axes", 0) else set(range(rank))
-    return {a % rank for a in axes} if axes else (set() if op.attr("noop_with_empty_axes", 0) else set(range(rank)))
+    return {a % rank for a in axes}
 
 
 @rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")

@@ -11,7 +11,7 @@ stays symbolic where it really depends on a symbolic input.
 from __future__ import annotations
 
 from graphsurg.passes._excise_reshape import reshape_target
-from graphsurg.passes._excise_static import static_ints
+from graphsurg.passes._excise_static import ints_param, static_ints
 
 from graphsurg import serde
 from graphsurg.ir import Op
@@ -118,9 +118,8 @@ def _split_shapes(dep, op: Op) -> list[tuple] | None:
         return None
     axis = op.attr("axis", 0) % len(data)
     total = data[axis]
-    sizes = [int(s) for s in op.attr("split")] if op.attr("split") is not None else (
-        static_ints(dep, op.inputs[1]) if len(op.inputs) > 1 and op.inputs[1] is not None else None)
-    if sizes is None and isinstance(total, int):
+    given, sizes = ints_param(dep, op, "split", 1)
+    if not given and isinstance(total, int):
         count = int(op.attr("num_outputs", len(op.outputs)))
         chunk = -(-total // count)
         sizes = [min(chunk, total - i * chunk) for i in range(count)]

@@ -36,6 +36,16 @@ def static_ints(dep, value: Value | None) -> list[int] | None:
     return [int(v) for v in first.reshape(-1)]
 
 
+def ints_param(dep, op, attr: str, port: int) -> tuple[bool, list[int] | None]:
+    """(given, integers) of a list given as attribute `attr` (older opsets) or input `port`;
+    given but None: computed in a way that depends on symbolic dimensions."""
+    if op.attr(attr) is not None:
+        return True, [int(v) for v in op.attr(attr)]
+    if port < len(op.inputs) and op.inputs[port] is not None:
+        return True, static_ints(dep, op.inputs[port])
+    return False, None
+
+
 def probed_ints(dep, value: Value | None) -> list[list[int]] | None:
     """The integers of `value` once per probe of the symbolic dimensions (entries that differ
     between probes depend on them), or None when it cannot be evaluated."""
