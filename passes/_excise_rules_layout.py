@@ -8,7 +8,7 @@ import numpy as np
 from graphsurg.passes._depgraph import DepGraph, Fixup
 from graphsurg.passes._excise_reshape import map_reshape, plan_shape_patch, reshape_target
 from graphsurg.passes._excise_rules import axis_attr, rule
-from graphsurg.passes._excise_static import ints_param, static_ints
+from graphsurg.passes._excise_static import split_sizes, static_ints
 
 from graphsurg.ir import Op
 
@@ -118,7 +118,7 @@ def split(dep: DepGraph, op: Op) -> None:
             for out in op.outputs:
                 dep.put(out, a, labels)
             continue
-        sizes = _split_sizes(dep, op, len(labels))
+        sizes = split_sizes(dep, op, len(labels))
         if sizes is None:
             dep.labels.fix(labels, f"{op.label} splits them at positions that are not constant")
             continue
@@ -126,17 +126,6 @@ def split(dep: DepGraph, op: Op) -> None:
         for i, out in enumerate(op.outputs):
             dep.put(out, a, labels[offsets[i]:offsets[i + 1]])
         dep.fixups.append(Fixup("split", op, labels, a, data={"sizes": sizes}))
-
-
-def _split_sizes(dep: DepGraph, op: Op, total: int) -> list[int] | None:
-    given, sizes = ints_param(dep, op, "split", 1)
-    if given and sizes is None:
-        return None
-    if sizes is None:
-        count = int(op.attr("num_outputs", len(op.outputs)))
-        chunk = -(-total // count)
-        sizes = [min(chunk, total - i * chunk) for i in range(count)]
-    return sizes if sum(sizes) == total and len(sizes) == len(op.outputs) else None
 
 
 @rule("Slice")

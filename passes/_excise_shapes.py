@@ -11,7 +11,7 @@ stays symbolic where it really depends on a symbolic input.
 from __future__ import annotations
 
 from graphsurg.passes._excise_reshape import reshape_target
-from graphsurg.passes._excise_static import ints_param, static_ints
+from graphsurg.passes._excise_static import split_sizes, static_ints
 
 from graphsurg import serde
 from graphsurg.ir import Op
@@ -118,11 +118,7 @@ def _split_shapes(dep, op: Op) -> list[tuple] | None:
         return None
     axis = op.attr("axis", 0) % len(data)
     total = data[axis]
-    given, sizes = ints_param(dep, op, "split", 1)
-    if not given and isinstance(total, int):
-        count = int(op.attr("num_outputs", len(op.outputs)))
-        chunk = -(-total // count)
-        sizes = [min(chunk, total - i * chunk) for i in range(count)]
+    sizes = split_sizes(dep, op, total if isinstance(total, int) else None)
     if sizes is None:
         return None
     return [tuple(s if i == axis else d for i, d in enumerate(data)) for s in sizes]

@@ -46,6 +46,18 @@ def ints_param(dep, op, attr: str, port: int) -> tuple[bool, list[int] | None]:
     return False, None
 
 
+def split_sizes(dep, op, total: int | None) -> list[int] | None:
+    """A Split's part sizes: given (attribute or static input) or even (the last part smaller)."""
+    given, sizes = ints_param(dep, op, "split", 1)
+    if not given and total is not None:
+        count = int(op.attr("num_outputs", len(op.outputs)))
+        chunk = -(-total // count)
+        sizes = [min(chunk, total - i * chunk) for i in range(count)]
+    if sizes is None or len(sizes) != len(op.outputs) or (total is not None and sum(sizes) != total):
+        return None
+    return sizes
+
+
 def probed_ints(dep, value: Value | None) -> list[list[int]] | None:
     """The integers of `value` once per probe of the symbolic dimensions (entries that differ
     between probes depend on them), or None when it cannot be evaluated."""
