@@ -352,6 +352,21 @@ def test_weights_behind_transpose_and_in_constant_nodes():
     assert "w_t" in result.touched
 
 
+def test_weight_behind_a_reshape_of_a_flat_initializer():
+    w0, w1 = weights(6, 2, 3, 3), weights(4, 6, 1, 1)
+    w1[:, [1, 3, 4]] = 0
+    nodes = [helper.make_node("Reshape", ["w0_flat", "w0_shape"], ["w0"]),  # stored as [6, 18]
+             conv("conv0", "x", "w0", "a"), helper.make_node("Relu", ["a"], ["r"]),
+             conv("conv1", "r", "w1", "y", pad=0)]
+    inits = {"w0_flat": w0.reshape(6, 18), "w0_shape": np.array([6, 2, 3, 3], np.int64), "w1": w1}
+    model = make_model(nodes, [tensor("x", ["N", 2, 4, 4])], [tensor("y", ["N", 4, 4, 4])], inits)
+    ir, result = assert_preserved(model, "excise{ratio=0.5}", {"x": RNG.normal(size=(2, 2, 4, 4)).astype(np.float32)})
+    assert group(result, "conv0")["removed"] == {"conv0": [1, 3, 4]}
+    conv0 = ir.graph.find_op("conv0")
+    assert ir.graph.const_value(conv0.inputs[1]).shape == (3, 2, 3, 3)  # its own initializer now
+    assert ir.graph.lookup("w0_flat") is None and conv0.inputs[1].name in result.touched
+
+
 def test_taylor_without_gradients_service_says_what_is_missing():
     model = residual_model([1])
     with pytest.raises(ServiceUnavailable, match="gradients.*train extra"):
