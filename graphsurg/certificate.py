@@ -110,8 +110,10 @@ def format_table(cert: dict[str, Any]) -> str:
     stages = cert["metrics"]
     rows = [("stage", "loss", "accuracy", "agreement", "kl", metric if metric not in
              ("loss", "accuracy", "agreement", "kl") else "")]
-    for stage in ("original", "immediate", "recovered"):
-        values = stages.get(stage)
+    named = [("original", stages.get("original"))]
+    named += [(f"after {p['pass']}", p.get("metrics_after")) for p in cert.get("passes", [])]
+    named += [("immediate", stages.get("immediate")), ("recovered", stages.get("recovered"))]
+    for stage, values in named:
         if values is None:
             continue
         rows.append((stage, *[_fmt(values.get(k)) for k in ("loss", "accuracy", "agreement", "kl")],

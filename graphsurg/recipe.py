@@ -64,7 +64,8 @@ class OutputSection:
 
 @dataclass
 class Step:
-    """One pipeline entry: a pass spec, optionally repeated with recovery between repetitions."""
+    """One pipeline entry: a pass spec, optionally repeated, with recovery after each round when
+    `recover` is set (so a later pass, e.g. quantization calibration, sees a recovered model)."""
 
     spec: PassSpec
     repeat: int = 1

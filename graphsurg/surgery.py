@@ -55,7 +55,7 @@ class Surgery:
     recovery_records: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     original_metrics: dict[str, Any] = field(default_factory=dict)
-    pass_magnitudes: list[float] = field(default_factory=list)
+    pass_reports: list[dict[str, Any]] = field(default_factory=list)
     total_sq_norm: float = 0.0
 
     def run(self) -> dict[str, Any]:
@@ -120,13 +120,19 @@ class Surgery:
         return build_context(spec, seed=self.recipe.seed, max_degradation=self.recipe.budget.max_degradation,
                              metric=self.recipe.budget.metric)
 
-    def apply(self, model: Model, spec: PassSpec) -> None:
+    def apply(self, model: Model, original: Model, spec: PassSpec) -> None:
+        """One pass, validated (checker, IR, an onnxruntime session), with its own magnitude and the
+        metrics right after it, so the certificate shows what each surgery cost."""
         snapshot = magnitude.effective_params(model)
         result = run_passes(model, [make_pass(spec)], self.context())
         self.check_session(model, spec.name)
         self.record.results.extend(result.results)
         change = magnitude.compare(snapshot, magnitude.effective_params(model))
-        self.pass_magnitudes.append(magnitude.summarize(change, self.total_sq_norm)["relative"])
+        after = self.evaluate(model, original)
+        for key in ("latency_ms", "size_bytes"):
+            after.pop(key, None)
+        self.pass_reports.append({"magnitude": magnitude.summarize(change, self.total_sq_norm)["relative"],
+                                  "metrics_after": after})
         for res in result.results:
             self.stages.say(f"  {res.pass_name}: {res.summary or ('changed' if res.modified else 'no change')}"
                             + (f" ({len(res.refused)} targets left, see certificate)" if res.refused else ""))
@@ -140,11 +146,11 @@ class Surgery:
             round_spec = _scheduled(spec, round_index, step.repeat)
             self.stages.say(f"pass {round_spec}" + (f" (round {round_index + 1}/{step.repeat})"
                                                     if step.repeat > 1 else ""))
-            self.apply(model, round_spec)
+            self.apply(model, original, round_spec)
             if step.rewind:
                 _rewind(model, original)
-            if step.recover and round_index < step.repeat - 1:
-                self.recover(model, original, label=f"after round {round_index + 1}")
+            if step.recover:
+                self.recover(model, original, label=f"after {spec.name} round {round_index + 1}")
         return model
 
     # ---- minimal surgery search ----------------------------------------------------------
@@ -225,13 +231,13 @@ class Surgery:
             "seed": recipe.seed,
             "input": {"model": recipe.model.name, "sha256": cert.sha256(recipe.model)},
             "output": {"model": out_path.name, "sha256": cert.sha256(out_path)},
-            "passes": [dict(r.to_json(), magnitude=m)
-                       for r, m in zip(self.record.results, self.pass_magnitudes, strict=True)],
+            "passes": [dict(r.to_json(), **report)
+                       for r, report in zip(self.record.results, self.pass_reports, strict=True)],
             "searches": self.searches,
             "magnitude": {**magnitude.summarize(magnitude.compare(before, edited), total),
                           "final": magnitude.summarize(magnitude.compare(before, magnitude.effective_params(model)),
                                                        total)["relative"],
-                          "per_pass": self.pass_magnitudes},
+                          "per_pass": [report["magnitude"] for report in self.pass_reports]},
             "metrics": {"original": self.original_metrics, "immediate": immediate, "recovered": recovered},
             "delta_loss": {"immediate": _delta(immediate, self.original_metrics, "loss"),
                            "recovered": _delta(recovered, self.original_metrics, "loss") if recovered else None},
