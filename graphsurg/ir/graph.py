@@ -80,22 +80,21 @@ class Graph:
         value = self._values.get(name)
         return self.producer(value) if value is not None else None
 
+    # The hot lookups read networkx's adjacency dicts (`_pred`/`_succ`: {node: {neighbour: {key: data}}})
+    # directly; every change still goes through networkx's methods.
+
     def producer(self, value: Value) -> Op | None:
-        if value not in self.nx:
-            return None
-        for op in self.nx.predecessors(value):
+        for op in self.nx._pred.get(value, ()):
             if isinstance(op, Op):
                 return op
         return None
 
     def consumers(self, value: Value) -> list[tuple[Op, int]]:
         """(op, input port) for each direct use; captures by subgraphs are not listed."""
-        if value not in self.nx:
-            return []
-        return [(op, port) for _, op, port in self.nx.out_edges(value, keys=True) if port != CAPTURE]
+        return [(op, port) for op, ports in self.nx._succ.get(value, {}).items() for port in ports if port != CAPTURE]
 
     def is_used(self, value: Value) -> bool:
-        return (value in self.nx and self.nx.out_degree(value) > 0) or value in self.outputs
+        return bool(self.nx._succ.get(value)) or value in self.outputs
 
     def iter_all_ops(self) -> Iterator[Op]:
         """Every op, descending into If/Loop/Scan bodies."""
@@ -121,6 +120,36 @@ class Graph:
     def claim_name(self, name: str) -> None:
         self._names.add(name)
 
+    # ---- networkx vertices and edges ---------------------------------------------------
+    # What MultiDiGraph.add_node/add_edge do (plain dicts, one key dict shared by _succ and _pred,
+    # its cache cleared), without their per-call overhead: loading builds tens of thousands.
+
+    def _add_vertex(self, node: Op | Value) -> None:
+        g = self.nx
+        if node not in g._succ:
+            g._succ[node] = {}
+            g._pred[node] = {}
+            g._node[node] = {}
+            self._changed()
+
+    def _add_edge(self, u: Op | Value, v: Op | Value, key: int | str) -> None:
+        g = self.nx
+        if u not in g._succ:
+            self._add_vertex(u)
+        if v not in g._succ:
+            self._add_vertex(v)
+        keys = g._succ[u].get(v)
+        if keys is None:
+            keys = g._succ[u][v] = {}
+            g._pred[v][u] = keys
+        keys.setdefault(key, {})
+        self._changed()
+
+    def _changed(self) -> None:
+        cache = getattr(self.nx, "__networkx_cache__", None)
+        if cache:
+            cache.clear()
+
     # ---- values -------------------------------------------------------------------------
     def _register_value(self, value: Value) -> Value:
         if value.name in self._values:
@@ -128,7 +157,7 @@ class Graph:
         self._values[value.name] = value
         self._names.add(value.name)
         value.graph = self
-        self.nx.add_node(value)
+        self._add_vertex(value)
         return value
 
     def add_value(self, name: str, dtype: int | None = None, shape: Shape = None, fresh: bool = True) -> Value:
@@ -193,7 +222,7 @@ class Graph:
         op = Op(op_type, domain, self.fresh_name(name) if name else "", graph=self)
         op.attrs = {k: attr_from_python(v) for k, v in (attrs or {}).items()}
         self._ops[op] = next(self._order)
-        self.nx.add_node(op)
+        self._add_vertex(op)
         for port, value in enumerate(inputs):
             self._connect_input(op, port, value)
         op.inputs = tuple(inputs)
@@ -201,7 +230,7 @@ class Graph:
             outputs = [f"{name or op_type.lower()}_out" for _ in range(outputs)]
         made = [self._adopt_output(out) for out in outputs]
         for port, value in enumerate(made):
-            self.nx.add_edge(op, value, key=port)
+            self._add_edge(op, value, port)
         op.outputs = tuple(made)
         self._adopt_subgraphs(op)
         return op
@@ -218,13 +247,13 @@ class Graph:
         since ONNX files need not list nodes in dataflow order). None marks an omitted output."""
         op.graph = self
         self._ops[op] = next(self._order)
-        self.nx.add_node(op)
+        self._add_vertex(op)
         for port, value in enumerate(inputs):
             self._connect_input(op, port, value)
         op.inputs = tuple(inputs)
         for port, value in enumerate(outputs):
             if value is not None:
-                self.nx.add_edge(op, value, key=port)
+                self._add_edge(op, value, port)
         op.outputs = tuple(outputs)  # type: ignore[arg-type]
         if op.name:
             self._names.add(op.name)
@@ -242,7 +271,7 @@ class Graph:
             return
         self._check_visible(value)
         if value.graph is self:
-            self.nx.add_edge(value, op, key=port)
+            self._add_edge(value, op, port)
         else:
             self._note_outer_use(value)
 
@@ -273,7 +302,7 @@ class Graph:
         if site is not None:
             owner_graph, op = site
             if op in owner_graph._ops and not owner_graph.nx.has_edge(value, op, key=CAPTURE):
-                owner_graph.nx.add_edge(value, op, key=CAPTURE)
+                owner_graph._add_edge(value, op, CAPTURE)
 
     def _forget_outer_use(self, value: Value | None) -> None:
         """Re-derives the capture edges at `value`'s owning graph after a body stopped reading it."""
@@ -362,16 +391,16 @@ class Graph:
 
     def refresh_captures(self, op: Op) -> None:
         """Re-derives the capture edges of an op whose subgraphs read outer values."""
-        stale = [src for src, _, key in self.nx.in_edges(op, keys=True) if key == CAPTURE]
+        stale = [src for src, keys in self.nx._pred[op].items() if CAPTURE in keys]
         for src in stale:
             self.nx.remove_edge(src, op, key=CAPTURE)
         for value in self.captured_values(op):
-            self.nx.add_edge(value, op, key=CAPTURE)
+            self._add_edge(value, op, CAPTURE)
 
     def captured_values(self, op: Op) -> list[Value]:
         """Values of this graph that the subgraphs of `op` read by name."""
         found: dict[Value, None] = {}
-        for sub in op.subgraphs():
+        for sub in op.subgraphs() if op.attrs else ():
             for name in sorted(sub.free_names()):
                 value = self._values.get(name)
                 if value is not None:
@@ -391,30 +420,34 @@ class Graph:
     # ---- order --------------------------------------------------------------------------
     def topological_order(self) -> list[Op]:
         """A topological order that keeps insertion order wherever dependencies allow (stable)."""
+        pred, succ = self.nx._pred, self.nx._succ
         indegree: dict[Op, int] = {}
-        for op in self._ops:
-            indegree[op] = len({self.producer(v) for v in self._op_reads(op)} - {None})
-        heap = [(self._ops[op], op) for op, deg in indegree.items() if deg == 0]
-        heap = [(i, id(op), op) for i, op in heap]
-        heapq.heapify(heap)
+        ready = []
+        for op, index in self._ops.items():
+            producers = {p for value in pred[op] for p in pred[value]}
+            indegree[op] = len(producers)
+            if not producers:
+                ready.append((index, id(op), op))
+        heapq.heapify(ready)
         order: list[Op] = []
-        while heap:
-            _, _, op = heapq.heappop(heap)
+        while ready:
+            _, _, op = heapq.heappop(ready)
             order.append(op)
-            for successor in self._successor_ops(op):
+            successors = {c for value in op.outputs if value is not None for c in succ[value]}
+            for successor in successors:
                 indegree[successor] -= 1
                 if indegree[successor] == 0:
-                    heapq.heappush(heap, (self._ops[successor], id(successor), successor))
+                    heapq.heappush(ready, (self._ops[successor], id(successor), successor))
         if len(order) != len(self._ops):
             stuck = sorted(op.label for op, deg in indegree.items() if deg > 0)
             raise GraphError(f"the graph has a cycle through {', '.join(stuck[:5])}")
         return order
 
     def _op_reads(self, op: Op) -> set[Value]:
-        return {u for u in self.nx.predecessors(op)}
+        return set(self.nx._pred[op])
 
     def _successor_ops(self, op: Op) -> set[Op]:
-        return {succ for value in op.outputs if value is not None for succ in self.nx.successors(value)}
+        return {succ for value in op.outputs if value is not None for succ in self.nx._succ[value]}
 
     def sort(self) -> None:
         """Renumbers ops in topological order, so export order follows dataflow."""

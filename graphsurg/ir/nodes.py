@@ -133,8 +133,7 @@ class Op:
     rest_blob: bytes | None = None  # NodeProto fields the IR does not model (metadata, overload, ...)
     graph: Graph | None = field(default=None, repr=False)
 
-    def __hash__(self) -> int:
-        return id(self)
+    __hash__ = object.__hash__  # identity (and at C speed: ops are hashed on every graph lookup)
 
     def attr(self, name: str, default: Any = None) -> Any:
         attr = self.attrs.get(name)

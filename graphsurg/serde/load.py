@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -13,12 +17,13 @@ from graphsurg.ir import Attr, Graph, GraphError, Model, Op, Value
 from graphsurg.serde.tensors import tensor_from_proto
 from graphsurg.serde.types import read_value_info
 
-_NODE_MODELED = ("input", "output", "name", "op_type", "domain", "attribute", "doc_string")
-_GRAPH_MODELED = ("node", "name", "initializer", "sparse_initializer", "doc_string", "input", "output", "value_info")
-_MODEL_MODELED = (
+_NODE_MODELED = frozenset({"input", "output", "name", "op_type", "domain", "attribute", "doc_string"})
+_GRAPH_MODELED = frozenset({"node", "name", "initializer", "sparse_initializer", "doc_string", "input", "output",
+                            "value_info"})
+_MODEL_MODELED = frozenset({
     "ir_version", "opset_import", "producer_name", "producer_version", "domain", "model_version",
     "doc_string", "graph", "metadata_props", "functions",
-)
+})
 _MODEL_SCALARS = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
 _ATTR_KINDS = {
     onnx.AttributeProto.INT: "int", onnx.AttributeProto.FLOAT: "float", onnx.AttributeProto.STRING: "string",
@@ -42,7 +47,21 @@ def load(source: str | os.PathLike | bytes | onnx.ModelProto, base_dir: str | No
             base_dir = str(Path(source).resolve().parent)
     else:
         proto = parse(source)
-    return from_proto(proto, base_dir, _payloads=payloads)
+    with gc_paused():
+        return from_proto(proto, base_dir, _payloads=payloads)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Holds Python's cyclic garbage collector while a graph is built: tens of thousands of new
+    objects would otherwise trigger full collections over the growing heap (a third of the time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def parse(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
@@ -133,14 +152,44 @@ def _explicit_fields(proto: onnx.ModelProto) -> frozenset[str]:
 
 
 def _rest(proto, cls, modeled) -> bytes | None:
-    """The serialized fields of `proto` the IR does not model, or None when there are none."""
-    if all(field.name in modeled for field, _ in proto.ListFields()):
+    """The serialized fields of `proto` the IR does not model, or None when there are none.
+
+    Only those fields are copied (never the modeled ones: a graph's nodes and weights stay put).
+    """
+    if not _has_unmodeled(proto, cls, modeled):
         return None
     rest = cls()
-    rest.CopyFrom(proto)
-    for field in modeled:
-        rest.ClearField(field)
-    return rest.SerializeToString(deterministic=True)
+    for field, value in proto.ListFields():
+        if field.name in modeled:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(rest, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # a message
+            getattr(rest, field.name).CopyFrom(value)
+        else:
+            setattr(rest, field.name, value)
+    return rest.SerializeToString(deterministic=True) or None
+
+
+def _has_unmodeled(proto, cls, modeled) -> bool:
+    for name, repeated in _unmodeled_fields(cls, modeled):
+        if (len(getattr(proto, name)) if repeated else proto.HasField(name)):
+            return True
+    return False
+
+
+@functools.cache
+def _unmodeled_fields(cls, modeled: frozenset[str]) -> tuple[tuple[str, bool], ...]:
+    """(name, repeated) of the fields of `cls` the IR does not model, from its descriptor (so
+    fields a newer onnx adds are kept too)."""
+    fields = []
+    for field in cls.DESCRIPTOR.fields:
+        if field.name not in modeled:
+            repeated = getattr(field, "is_repeated", None)
+            if repeated is None:
+                repeated = field.label == field.LABEL_REPEATED
+            fields.append((field.name, bool(repeated)))
+    return tuple(fields)
 
 
 def _graph_from_proto(gp: onnx.GraphProto, parent: Graph | None, base_dir: str | None,
@@ -153,11 +202,12 @@ def _graph_from_proto(gp: onnx.GraphProto, parent: Graph | None, base_dir: str |
         value = graph.initializers.get(vi.name) or _new_value(graph, vi.name, "graph input")
         read_value_info(value, vi)
         graph.inputs.append(value)
-    for node in gp.node:
+    nodes = list(gp.node)
+    for node in nodes:
         for name in node.output:
             if name:
-                _new_value(graph, name, f"output of {node.op_type} {node.name!r}")
-    for node in gp.node:
+                _new_value(graph, name, node)
+    for node in nodes:
         _load_node(graph, node, base_dir)
     graph.value_info_names = []
     for vi in gp.value_info:
@@ -182,8 +232,10 @@ def _load_value_info(graph: Graph, vi: onnx.ValueInfoProto) -> None:
     value.in_value_info = True
 
 
-def _new_value(graph: Graph, name: str, what: str) -> Value:
+def _new_value(graph: Graph, name: str, what: str | onnx.NodeProto) -> Value:
     if name in graph._values:
+        if isinstance(what, onnx.NodeProto):
+            what = f"output of {what.op_type} {what.name!r}"
         raise BadInputError(f"value {name!r} is defined twice (again as {what})")
     return graph._register_value(Value(name))
 
@@ -204,11 +256,12 @@ def _load_initializers(graph: Graph, gp: onnx.GraphProto, base_dir: str | None, 
 
 def _load_node(graph: Graph, node: onnx.NodeProto, base_dir: str | None) -> None:
     inputs = []
+    lookup = graph.lookup
     for name in node.input:
         if not name:
             inputs.append(None)
             continue
-        value = graph.lookup(name)
+        value = lookup(name)
         if value is None:
             raise BadInputError(
                 f"node {node.name or node.op_type!r} reads {name!r}, which no node produces and is not an input "
@@ -218,11 +271,14 @@ def _load_node(graph: Graph, node: onnx.NodeProto, base_dir: str | None) -> None
     outputs = [graph._values[name] if name else None for name in node.output]
     op = Op(node.op_type, node.domain, node.name, doc_string=node.doc_string)
     op.rest_blob = _rest(node, onnx.NodeProto, _NODE_MODELED)
-    op.attrs = {a.name: _attr_from_proto(a, graph, base_dir) for a in node.attribute}
+    if node.attribute:
+        op.attrs = {a.name: _attr_from_proto(a, graph, base_dir) for a in node.attribute}
     graph.adopt_op(op, inputs, outputs)
-    for sub in op.subgraphs():
+    subgraphs = op.subgraphs() if op.attrs else ()
+    for sub in subgraphs:
         sub.owner = op
-    graph.refresh_captures(op)
+    if subgraphs:
+        graph.refresh_captures(op)
 
 
 def _attr_from_proto(attr: onnx.AttributeProto, graph: Graph, base_dir: str | None) -> Attr:

@@ -13,6 +13,7 @@ import onnx
 
 from graphsurg.errors import BadInputError
 from graphsurg.ir import Attr, ExternalTensor, Graph, Model, Value, all_graphs
+from graphsurg.serde.load import gc_paused
 from graphsurg.serde.sparse import SparseProtoTensor
 from graphsurg.serde.stream import ExternalWriter, Stream, TempFile, tensor_stream
 from graphsurg.serde.tensors import header_proto, tensor_to_proto
@@ -62,7 +63,8 @@ def save(
     writer = ExternalWriter(target.parent / location, location, size_threshold, keep_placement) if location else None
     main = None
     try:
-        stream = model_stream(model, writer)
+        with gc_paused():
+            stream = model_stream(model, writer)
         if stream.size > _PROTOBUF_LIMIT:
             raise BadInputError(f"{target}: the model is over 2 GB inline; save it with external data")
         main = TempFile(target)
@@ -102,7 +104,8 @@ def _has_external(model: Model) -> bool:
 
 def to_bytes(model: Model) -> bytes:
     """The model file's bytes with every weight inline (what `save` writes without external data)."""
-    return model_stream(model, None).getvalue()
+    with gc_paused():
+        return model_stream(model, None).getvalue()
 
 
 def model_stream(model: Model, writer: ExternalWriter | None = None) -> Stream:

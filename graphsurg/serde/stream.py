@@ -28,6 +28,8 @@ from graphsurg.serde.tensors import (
 )
 
 _PAGE = 4096
+_DIRECT_COPY_BYTES = 1 << 20  # pieces this large are written (or copied file to file) on their own
+_GATHER_BYTES = 4 << 20  # smaller ones are gathered up to this much per write
 _TENSOR_RAW_DATA = 9
 # TensorProto fields numbered below raw_data (9): they are written before the payload.
 _TENSOR_HEAD_FIELDS = ("dims", "data_type", "segment", "float_data", "int32_data", "string_data", "int64_data",
@@ -60,11 +62,28 @@ class Stream:
         self.size += payload.size
 
     def write_to(self, fd: int) -> None:
+        """Writes the pieces in order: small ones gathered into few large writes, large
+        file-backed tensors copied kernel to kernel."""
+        pending: list[bytes | memoryview] = []
+        held = 0
         for part in self.parts:
-            if isinstance(part, MappedTensor):
+            if isinstance(part, MappedTensor) and part.location.length >= _DIRECT_COPY_BYTES:
+                _write_gathered(fd, pending)
+                pending, held = [], 0
                 part.copy_to(fd)
-            else:
-                write_all(fd, memoryview(part))
+                continue
+            data = _read_mapped(part) if isinstance(part, MappedTensor) else part
+            if len(data) >= _DIRECT_COPY_BYTES:
+                _write_gathered(fd, pending)
+                pending, held = [], 0
+                write_all(fd, memoryview(data))
+                continue
+            pending.append(data)
+            held += len(data)
+            if held >= _GATHER_BYTES:
+                _write_gathered(fd, pending)
+                pending, held = [], 0
+        _write_gathered(fd, pending)
 
     def getvalue(self) -> bytes:
         return b"".join(_read_mapped(p) if isinstance(p, MappedTensor) else p for p in self.parts)
@@ -75,6 +94,11 @@ def _read_mapped(tensor: MappedTensor) -> bytes:
     if len(data) != tensor.location.length:
         raise OSError(f"{tensor.location.path}: ends before byte {tensor.location.offset + tensor.location.length}")
     return data
+
+
+def _write_gathered(fd: int, pieces: list[bytes | memoryview]) -> None:
+    if pieces:
+        write_all(fd, memoryview(b"".join(pieces)))
 
 
 def write_all(fd: int, data: memoryview) -> None:
