@@ -111,7 +111,9 @@ def format_table(cert: dict[str, Any]) -> str:
     rows = [("stage", "loss", "accuracy", "agreement", "kl", metric if metric not in
              ("loss", "accuracy", "agreement", "kl") else "")]
     named = [("original", stages.get("original"))]
-    named += [(f"after {p['pass']}", p.get("metrics_after")) for p in cert.get("passes", [])]
+    for entry in cert.get("passes", []):
+        named.append((f"after {entry['pass']}", entry.get("metrics_after")))
+        named.append(("  + recovery", entry.get("metrics_after_recovery")))
     named += [("immediate", stages.get("immediate")), ("recovered", stages.get("recovered"))]
     for stage, values in named:
         if values is None:

@@ -151,6 +151,9 @@ class Surgery:
                 _rewind(model, original)
             if step.recover:
                 self.recover(model, original, label=f"after {spec.name} round {round_index + 1}")
+                recovered = self.evaluate(model, original)
+                self.pass_reports[-1]["metrics_after_recovery"] = {
+                    k: v for k, v in recovered.items() if k not in ("latency_ms", "size_bytes")}
         return model
 
     # ---- minimal surgery search ----------------------------------------------------------
