@@ -41,8 +41,10 @@ for _name, _fn in {"Neg": np.negative, "Sqrt": np.sqrt, "Exp": np.exp, "Log": np
 @kernel("Div")
 def _div(op, xs, opset):
     a, b = xs
-    if np.issubdtype(a.dtype, np.integer):
-        return [np.asarray(np.trunc(a / b).astype(a.dtype))]
+    if np.issubdtype(a.dtype, np.integer):  # truncates toward zero, exactly (no float round trip)
+        quotient = np.floor_divide(a, b)
+        inexact = (np.remainder(a, b) != 0) & ((a < 0) != (b < 0))
+        return [np.asarray(quotient + inexact.astype(quotient.dtype))]
     return [np.asarray(a / b).astype(a.dtype)]
 
 

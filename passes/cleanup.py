@@ -6,7 +6,7 @@ from collections import Counter
 
 from graphsurg.passes._util import read_in_subgraph
 
-from graphsurg.ir import Graph, Model, Op
+from graphsurg.ir import Graph, Model, Op, Value
 from graphsurg.pipeline import NoParams, Pass, PassContext, PassResult
 
 
@@ -52,7 +52,7 @@ class Cleanup(Pass):
             graph.remove_op(op)
             if is_output:
                 graph.rename_value(source, name)
-                source.dtype, source.shape = source.dtype or target.dtype, source.shape or target.shape
+                _take_interface_type(source, target)
             removed += 1
         return removed
 
@@ -78,3 +78,13 @@ class Cleanup(Pass):
         for value in unused:
             graph.remove_value(value)
         return [v.name for v in unused]
+
+
+def _take_interface_type(source: Value, target: Value) -> None:
+    """The graph output keeps the type it declared (the Identity's output's), documentation too."""
+    blob = target.original_type_blob()
+    source.dtype, source.shape = target.dtype or source.dtype, target.shape or source.shape
+    if blob is not None:
+        source.keep_type_blob(blob)
+    source.doc_string = source.doc_string or target.doc_string
+    source.meta_blob = source.meta_blob or target.meta_blob

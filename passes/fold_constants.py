@@ -9,7 +9,7 @@ import numpy as np
 from graphsurg.passes._numpy_ops import KERNELS
 from graphsurg.passes._util import read_in_subgraph, replace_with_constant
 
-from graphsurg.ir import Graph, Model, Op, dtypes
+from graphsurg.ir import Graph, Model, Op, Tensor, dtypes
 from graphsurg.pipeline import Pass, PassContext, PassResult
 
 # Folding these would undo quantization or randomness the user asked for.
@@ -54,6 +54,9 @@ class FoldConstants(Pass):
             return False
         if not all(v is None or v.is_const for v in op.inputs) or not op.outputs:
             return False
+        if _bit_view_types(op):
+            result.refuse(op.label, "bfloat16/float8/int4 data is carried as raw bits; NumPy cannot compute on it")
+            return False
         if any(v is None for v in op.outputs) or len(op.outputs) != 1:
             result.refuse(op.label, "ops with several or optional outputs are not folded")
             return False
@@ -62,7 +65,7 @@ class FoldConstants(Pass):
             return False
         return True
 
-    def _evaluate(self, op: Op, opset: int, result: PassResult) -> list[np.ndarray] | None:
+    def _evaluate(self, op: Op, opset: int, result: PassResult) -> list[np.ndarray | Tensor] | None:
         if op.op_type == "Constant":
             constant = _constant_value(op)
             if constant is None:
@@ -81,8 +84,11 @@ class FoldConstants(Pass):
             return None
         return outputs
 
-    def _replace(self, graph: Graph, op: Op, outputs: list[np.ndarray]) -> None:
+    def _replace(self, graph: Graph, op: Op, outputs: list[np.ndarray | Tensor]) -> None:
         value = op.outputs[0]
+        if isinstance(outputs[0], Tensor):  # a Constant's own tensor: its element type is kept exactly
+            replace_with_constant(graph, op, value, outputs[0])
+            return
         array = np.asarray(outputs[0])
         if value.dtype in dtypes.BY_CODE and dtypes.BY_CODE[value.dtype].numpy not in (None, array.dtype) \
                 and value.dtype not in _BIT_VIEWS:
@@ -90,10 +96,23 @@ class FoldConstants(Pass):
         replace_with_constant(graph, op, value, array)
 
 
-def _constant_value(op: Op) -> np.ndarray | None:
+def _bit_view_types(op: Op) -> bool:
+    """True when the op reads or makes a type NumPy only holds as raw bits (folding would compute
+    on the bits, or give the result the wrong element type)."""
+    if op.op_type == "Constant":
+        return False  # its tensor is moved as it is
+    if any(v is not None and v.const.dtype in _BIT_VIEWS for v in op.inputs):
+        return True
+    if op.op_type == "Cast" and op.attr("to") in _BIT_VIEWS:
+        return True
+    value = op.attrs.get("value")
+    return value is not None and value.kind == "tensor" and value.value.dtype in _BIT_VIEWS
+
+
+def _constant_value(op: Op) -> np.ndarray | Tensor | None:
     for key, attr in op.attrs.items():
         if key == "value" and attr.kind == "tensor":
-            return attr.value.numpy()
+            return attr.value
         if key == "value_float":
             return np.array(attr.value, np.float32)
         if key == "value_floats":
