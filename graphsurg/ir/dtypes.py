@@ -55,6 +55,7 @@ _FROM_NUMPY = {
     for t in _TYPES
     if t.numpy is not None and t.code in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15)
 }
+_FROM_NUMPY[np.dtype(object)] = 8  # numpy keeps ONNX string tensors as object arrays
 FLOAT, UINT8, INT8, INT32, INT64, BOOL, FLOAT16, DOUBLE = 1, 2, 3, 6, 7, 9, 10, 11
 FLOAT_CODES = frozenset({1, 10, 11, 16})
 
