@@ -137,7 +137,7 @@ class ArrayMember:
 class Fixup:
     """An op whose attributes or shape inputs count channels; `labels` index its input axis."""
 
-    kind: str  # "conv_groups", "split", "slice", "gather", "reshape"
+    kind: str  # "conv_groups", "split", "slice", "gather", "reshape", "freeze" (a static shape input)
     op: Op
     labels: np.ndarray | None = None
     axis: int = 0

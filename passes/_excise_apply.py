@@ -58,11 +58,17 @@ class Excision:
     def _fixup(self, fixup: Fixup, sizes: dict) -> None:
         op, opset = fixup.op, self.dep.model.opset
         if fixup.kind == "reshape":
-            self_sizes = sizes.get(op.outputs[0], {})
-            apply_shape_patch(self.graph, op, fixup.data, {a: self_sizes[a] for a in fixup.data["axes"]})
+            own = sizes.get(op.outputs[0], {})
+            unchanged = all(own[a] == len(self.dep.get(op.outputs[0])[a]) for a in fixup.data["axes"])
+            # Computed targets may take a count from Shape of a tensor that did shrink: they become constants.
+            if not unchanged or resolve_weight(self.graph, op, 1) is None:
+                apply_shape_patch(self.graph, op, fixup.data, {a: own[a] for a in fixup.data["axes"]})
+            return
+        if fixup.kind == "freeze":
+            set_const_input(self.graph, op, fixup.data["port"], fixup.data["values"], "frozen")
             return
         keep = self.keep(fixup.labels)
-        if keep.all():
+        if keep.all() and not _computed_bounds(self.graph, fixup):
             return
         if fixup.kind == "conv_groups":
             self.graph.set_attrs(op, group=int(keep.sum()))
@@ -76,6 +82,15 @@ class Excision:
             position = np.cumsum(keep) - 1
             replace_effective(self.graph, ref, position[picked[keep[picked]]].astype(ref.effective().dtype),
                               "excised")
+
+
+def _computed_bounds(graph: Graph, fixup: Fixup) -> bool:
+    """Slice bounds or Split sizes computed at run time (from Shape): rewritten even when their own
+    channels stay, since the shape they read from may have shrunk."""
+    ports = {"slice": (1, 2), "split": (1,)}.get(fixup.kind, ())
+    op = fixup.op
+    return any(port < len(op.inputs) and op.inputs[port] is not None and resolve_weight(graph, op, port) is None
+               for port in ports)
 
 
 def _slice(graph: Graph, ref: WeightRef, axes: dict[int, np.ndarray]) -> list[str]:

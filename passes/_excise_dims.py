@@ -4,15 +4,19 @@
 targets (`reshape(b, s, d)` with d = x.shape[2]) and Slice bounds (torch's `chunk`). After
 excision the count changes at run time. That is safe only where the count lands in a place the
 pass rewrites anyway: an entry of a Reshape target whose output axis is labeled, the bounds of a
-Slice or the sizes of a Split along a labeled axis (all become constants). Anywhere else
-(Expand, ConstantOfShape, Range, a graph output, arithmetic on data) the labels are fixed.
+Slice or the sizes of a Split along a labeled axis (all become constants), or a shape input
+that is static as a whole (it is frozen: the value it had before excision becomes a constant).
+Anywhere else (a graph output, data arithmetic, a shape that also depends on a symbolic
+dimension) the labels are fixed.
 """
 
 from __future__ import annotations
 
+import numpy as np
+from graphsurg.passes._depgraph import Fixup
 from graphsurg.passes._excise_static import static_ints
 
-from graphsurg.ir import Op, Value
+from graphsurg.ir import Op, Value, dtypes
 
 _TRANSPARENT = frozenset({"Cast", "Identity", "Add", "Sub", "Mul", "Div", "Max", "Min", "Floor", "Ceil"})
 
@@ -79,7 +83,8 @@ def _follow(dep, op: Op, port: int, pos: int | None) -> list[tuple[Value, int | 
 
 
 def _rewritten(dep, op: Op, port: int, pos: int | None) -> list | str:
-    """Reaching a shape input: fine where that entry is rewritten as a constant."""
+    """Reaching a shape input: fine where that entry is rewritten as a constant anyway, or where
+    the whole input is static (it is then frozen as a constant)."""
     kinds = {f.kind for f in dep.fixups if f.op is op}
     if op.op_type == "Reshape" and port == 1 and "reshape" in kinds and pos in dep.get(op.outputs[0]):
         return []
@@ -88,4 +93,25 @@ def _rewritten(dep, op: Op, port: int, pos: int | None) -> list | str:
         return []
     if op.op_type == "Split" and port == 1 and "split" in kinds:
         return []
+    # A shape input that another fixup of this op rewrites cannot also be frozen to its old value.
+    if (op.op_type, port) in _SHAPE_INPUTS and not kinds & {"reshape", "slice", "split"} and _freeze(dep, op, port):
+        return []
     return f"the {op.op_type} {op.label}" if op.op_type != "Reshape" else f"the target shape of {op.label}"
+
+
+_SHAPE_INPUTS = {("Reshape", 1), ("Slice", 1), ("Slice", 2), ("Slice", 3), ("Slice", 4), ("Split", 1),
+                 ("Expand", 1), ("Tile", 1), ("ConstantOfShape", 0), ("Range", 0), ("Range", 1)}
+
+
+def _freeze(dep, op: Op, port: int) -> bool:
+    """Registers a fixup that replaces a static shape input by its value before excision."""
+    if any(f.kind == "freeze" and f.op is op and f.data["port"] == port for f in dep.fixups):
+        return True
+    values = static_ints(dep, op.inputs[port])
+    if values is None:
+        return False
+    dtype = dtypes.numpy_dtype(op.inputs[port].dtype) if op.inputs[port].dtype else np.dtype(np.int64)
+    shape = dep.shape(op.inputs[port])
+    dep.fixups.append(Fixup("freeze", op, data={"port": port, "values": np.array(values, dtype=dtype).reshape(
+        shape if shape is not None and all(isinstance(d, int) for d in shape) else -1)}))
+    return True

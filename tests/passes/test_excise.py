@@ -228,6 +228,29 @@ def test_slice_bounds_follow_the_kept_channels():
     assert ir.graph.const_value(ir.graph.lookup("ends")).tolist() == [4]
 
 
+def test_bounds_read_from_a_shrunk_tensor_become_constants():
+    """Slice(A, 0, Shape(B)[1]) keeps all of A's 8 channels; B shrinks to 4. The bound must not
+    follow B's new size at run time: it is rewritten as the constant 8."""
+    w3 = weights(3, 8, 1, 1)
+    w3[:, [0, 2, 5, 7]] = 0
+    nodes = [conv("conv0", "x", "w0", "a", pad=0), helper.make_node("Relu", ["a"], ["ra"]),
+             conv("conv1", "x", "w1", "b", pad=0), helper.make_node("Relu", ["b"], ["rb"]),
+             helper.make_node("Shape", ["rb"], ["shape_b"]),
+             helper.make_node("Gather", ["shape_b", "one"], ["count"], axis=0),
+             helper.make_node("Unsqueeze", ["count", "zero"], ["end"]),
+             helper.make_node("Slice", ["ra", "zero", "end", "one_v"], ["s"]),
+             conv("conv2", "s", "w2", "c2", pad=0), conv("conv3", "rb", "w3", "c3", pad=0),
+             helper.make_node("Add", ["c2", "c3"], ["y"])]
+    inits = {"w0": weights(8, 2, 1, 1), "w1": weights(8, 2, 1, 1), "w2": weights(3, 8, 1, 1), "w3": w3,
+             "one": np.array(1, np.int64), "zero": np.array([0], np.int64), "one_v": np.array([1], np.int64)}
+    model = make_model(nodes, [tensor("x", ["N", 2, 3, 3])], [tensor("y", ["N", 3, 3, 3])], inits)
+    ir, result = assert_preserved(model, "excise{ratio=0.5,exclude=conv0}",
+                                  {"x": RNG.normal(size=(2, 2, 3, 3)).astype(np.float32)})
+    assert group(result, "conv1")["removed"] == {"conv1": [0, 2, 5, 7]}
+    slice_op = next(op for op in ir.graph.ops if op.op_type == "Slice")
+    assert ir.graph.const_value(slice_op.inputs[2]).tolist() == [8]
+
+
 # ---- attention heads -----------------------------------------------------------------------
 def attention_model(shape_style: str, dead_heads: list[int], heads=4, head_dim=4, seq=5) -> onnx.ModelProto:
     """x -> LayerNorm -> Q, K, V (MatMul + bias) -> heads -> softmax(QK^T/sqrt(d)) V -> merge ->
