@@ -6,9 +6,12 @@ onnx-graphsurgeon's import + export, and `cp` of the files, all in the same run.
 Models: the bundled digits models, the largest `pytorch-converted` and `light` models of the
 onnx wheel's test data (by file size), light_vgg19 with its ConstantOfShape weights folded into
 575 MB of inline initializers, and a generated 1 GiB external-data model (16 MatMul layers of
-4096x4096 float32). The generated models live in a temporary folder that is removed at the end.
+4096x4096 float32); and, for information, a graph-heavy stress model (10,000 ops, 42 MB) where
+the per-op cost of building the IR dominates. The generated models live in a temporary folder
+that is removed at the end.
 
-Each measurement runs in its own subprocess, so peak RSS is per tool. `time` is the wall time of
+Each measurement runs in its own subprocess, so peak RSS is per tool (the process's own
+high-water mark, VmHWM). `time` is the wall time of
 the round trip inside that process (imports and interpreter start excluded; for cp, the whole
 process); `+RSS` is the process's peak RSS above what it held before loading (the interpreter
 with the tool imported). The median of `--repeat` runs is shown. Outputs are deleted and the page
@@ -43,7 +46,13 @@ CHILD = textwrap.dedent("""
     import json, os, resource, sys, time
     tool, src, out, external = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
     def peak_mb():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # VmHWM: this process's own high-water mark (ru_maxrss would include the parent's, which
+        # Linux carries across fork and exec)
+        try:
+            with open("/proc/self/status") as status:
+                return next(int(l.split()[1]) for l in status if l.startswith("VmHWM")) / 1024
+        except (OSError, StopIteration):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     import onnx
     if tool.startswith("graphsurg"):
         from graphsurg import serde
@@ -67,12 +76,17 @@ CHILD = textwrap.dedent("""
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb(), "base_mb": base}))
 """)
 
+# cp's own peak RSS comes from GNU time where it is installed (a child forked from Python would
+# report Python's RSS: Linux keeps the high-water mark across exec).
 CP = textwrap.dedent("""
-    import json, resource, subprocess, sys, time
-    start = time.perf_counter()
-    subprocess.run(["cp", *sys.argv[2:], sys.argv[1]], check=True)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    import json, os, subprocess, sys, tempfile, time
+    timer = "/usr/bin/time" if os.path.exists("/usr/bin/time") else None
+    with tempfile.NamedTemporaryFile("r") as report:
+        prefix = [timer, "-f", "%M", "-o", report.name] if timer else []
+        start = time.perf_counter()
+        subprocess.run([*prefix, "cp", *sys.argv[2:], sys.argv[1]], check=True)
+        seconds = time.perf_counter() - start
+        peak = float(report.read().strip().splitlines()[-1]) / 1024 if timer else float("nan")
     print(json.dumps({"seconds": seconds, "peak_mb": peak, "base_mb": 0.0}))
 """)
 
@@ -84,6 +98,7 @@ class Subject:
     external: bool = False
     big: bool = False  # the 1 GiB model: its targets are against cp
     files: list[Path] = field(default_factory=list)
+    stress: bool = False  # not one of issue 2's models: its target line is for information
 
     def __post_init__(self) -> None:
         if not self.files:
@@ -164,6 +179,31 @@ def make_folded_vgg19(folder: Path) -> Subject:
     return Subject("light_vgg19, weights folded (inline)", path)
 
 
+def make_many_nodes(folder: Path, blocks: int = 2500, n: int = 64) -> Subject:
+    """A graph-heavy model: 10,000 ops (MatMul, Add, Relu, Identity) and 5,000 small weights, 42 MB.
+
+    Not one of issue 2's models: it shows where graphsurg's per-op cost (building the networkx IR)
+    outweighs the bytes, the opposite of the weight-heavy models above."""
+    rng = np.random.default_rng(0)
+    nodes, initializers, previous = [], [], "x"
+    for i in range(blocks):
+        initializers.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, [n, n],
+                                               (rng.standard_normal((n, n), dtype=np.float32) / n).tobytes(), raw=True))
+        initializers.append(helper.make_tensor(f"b{i}", TensorProto.FLOAT, [n], np.zeros(n, np.float32).tobytes(),
+                                               raw=True))
+        nodes += [helper.make_node("MatMul", [previous, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"add{i}"),
+                  helper.make_node("Relu", [f"a{i}"], [f"r{i}"], name=f"relu{i}"),
+                  helper.make_node("Identity", [f"r{i}"], [f"h{i}"], name=f"id{i}")]
+        previous = f"h{i}"
+    graph = helper.make_graph(nodes, "many", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
+                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, ["batch", n])],
+                              initializers)
+    path = folder / "many_nodes.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return Subject("stress: 10k ops, 5k small weights (inline)", path, stress=True)
+
+
 def subjects(tmp: Path, skip_big: bool) -> list[Subject]:
     found = [Subject(f"bundled {p.stem}", p) for p in sorted((ROOT / "models").glob("*.onnx"))]
     converted = largest(ONNX_DATA / "pytorch-converted", "*/model.onnx")
@@ -173,6 +213,7 @@ def subjects(tmp: Path, skip_big: bool) -> list[Subject]:
     if not skip_big:
         found.append(make_folded_vgg19(tmp))
         found.append(make_big_external(tmp / "big"))
+    found.append(make_many_nodes(tmp))
     return found
 
 
@@ -227,8 +268,9 @@ def print_rows(rows, header: bool) -> None:
         onnx_s, cp_s = results["onnx"].seconds, results["cp"].seconds
         for i, (tool, m) in enumerate(results.items()):
             label = f"{subject.label:<46} {human(subject.size):>9}" if i == 0 else " " * 56
+            growth = "-" if tool == "cp" else f"{m.growth_mb:.0f} MB"
             print(f"{label}  {tool:<20} {m.seconds:>8.3f} {m.seconds / onnx_s:>7.2f} {m.seconds / cp_s:>6.2f} "
-                  f"{m.peak_mb:>6.0f} MB {m.growth_mb:>5.0f} MB")
+                  f"{m.peak_mb:>6.0f} MB {growth:>8}")
         sys.stdout.flush()
 
 
@@ -236,9 +278,10 @@ def check_targets(rows) -> list[str]:
     print("\ntargets")
     misses = []
 
-    def report(ok: bool, text: str) -> None:
-        print(f"  [{'ok' if ok else 'MISSED'}] {text}")
-        if not ok:
+    def report(ok: bool, text: str, counts: bool = True) -> None:
+        mark = ("ok" if ok else "MISSED") if counts else ("ok" if ok else "over") + ", for information"
+        print(f"  [{mark}] {text}")
+        if not ok and counts:
             misses.append(text)
 
     for subject, results in rows:
@@ -252,7 +295,7 @@ def check_targets(rows) -> list[str]:
         if subject.size >= 10 * 2**20:
             report(gs.seconds <= 1.5 * plain.seconds,
                    f"{subject.label}: graphsurg {gs.seconds:.2f} s within 1.5x of onnx.load+save "
-                   f"{plain.seconds:.2f} s ({gs.seconds / plain.seconds:.2f}x)")
+                   f"{plain.seconds:.2f} s ({gs.seconds / plain.seconds:.2f}x)", counts=not subject.stress)
     return misses
 
 
