@@ -14,7 +14,9 @@ parameters, biases, position embeddings); ops whose attributes or shape tensors 
 get *fixups* (Conv group, Split sizes, Slice bounds, Gather indices, Reshape shape tensors). A
 label that reaches something the pass cannot shrink (a graph output, an unknown op, a softmax
 over channels, a tensor without labels of the same size) is *fixed*, with the reason kept, and a
-fixed class is never removed. The op rules live in `_excise_rules.py`.
+fixed class is never removed. The op rules live in `_excise_rules*.py`; shapes are refined by
+`_excise_shapes.py` (static sizes behind shape arithmetic) and counts read through `Shape` are
+checked by `_excise_dims.py`.
 """
 
 from __future__ import annotations
@@ -140,7 +142,6 @@ class Fixup:
     kind: str  # "conv_groups", "split", "slice", "gather", "reshape", "freeze" (a static shape input)
     op: Op
     labels: np.ndarray | None = None
-    axis: int = 0
     data: dict = field(default_factory=dict)
 
 

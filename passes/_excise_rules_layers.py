@@ -215,5 +215,5 @@ def _gather_channels(dep: DepGraph, op: Op, axis: int, labels: np.ndarray) -> No
     if picked.ndim == 0:
         dep.labels.fix(labels[[int(picked)]], f"{op.label} picks out one channel")
         return
-    dep.fixups.append(Fixup("gather", op, labels, axis))
+    dep.fixups.append(Fixup("gather", op, labels))
     dep.put(op.outputs[0], axis, labels[picked])

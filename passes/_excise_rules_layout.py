@@ -125,7 +125,7 @@ def split(dep: DepGraph, op: Op) -> None:
         offsets = np.cumsum([0, *sizes])
         for i, out in enumerate(op.outputs):
             dep.put(out, a, labels[offsets[i]:offsets[i + 1]])
-        dep.fixups.append(Fixup("split", op, labels, a, data={"sizes": sizes}))
+        dep.fixups.append(Fixup("split", op, labels, data={"sizes": sizes}))
 
 
 @rule("Slice")
@@ -147,7 +147,7 @@ def slice_(dep: DepGraph, op: Op) -> None:
             dep.labels.fix(labels, f"{op.label} slices them with a step")
             continue
         start, end = _clamp(start, len(labels)), _clamp(end, len(labels))
-        dep.fixups.append(Fixup("slice", op, labels, axis, data={"index": index, "start": start, "end": end,
+        dep.fixups.append(Fixup("slice", op, labels, data={"index": index, "start": start, "end": end,
                                                                   "starts": starts, "ends": ends}))
         dep.put(op.outputs[0], axis, labels[start:max(start, end)])
 

@@ -32,21 +32,24 @@ class ExciseParams:
 class Excise(Pass):
     """Removes whole output channels/neurons and attention heads, shrinking every consumer.
 
-    Handles: output channels of Conv (plain, grouped: whole groups, depthwise: channels follow the
-    input), ConvTranspose, Gemm, MatMul and embedding Gather whose weights are initializers,
-    Constant ops, or behind Transpose/Reshape/Squeeze/Unsqueeze/Cast of one. Dependency groups are
-    built once: BatchNorm/InstanceNorm/LayerNorm parameters, elementwise ops and activations,
+    Handles: output channels of Conv (plain; grouped: the same positions go in every group;
+    depthwise: channels follow their input), ConvTranspose, Gemm, MatMul and embedding Gather
+    whose weights are initializers, Constant ops, or behind Transpose/Reshape/Squeeze/Unsqueeze/
+    Cast of one. Dependency groups are built once: BatchNorm/InstanceNorm/LayerNorm parameters,
+    LRN, elementwise ops and activations,
     residual Add/Sub/Mul (same channels go in every member, importance summed), Concat (offsets),
     Split/Slice/Gather (bounds and indices updated), Flatten/Reshape after a conv (channel x
     spatial mapping), decomposed LayerNorm (ReduceMean/Sub/Pow/Sqrt/Div), attention (a Reshape
     that splits channels into heads ties each head: Q, K, V columns and the output projection
     rows go together; target=heads or auto), symbolic batch/sequence dimensions, and Reshape
-    target shapes that carry a head count or width (constants, Concat pieces, or rebuilt).
+    targets, Slice bounds and Split sizes that carry a head count or width, also when computed
+    from Shape (rewritten as constants).
     `target`: channels (no head splits), heads (only groups with heads), auto (both).
     Refuses, per group and with the reasons listed: channels that reach a graph output, ops it
     cannot shrink, softmax/ArgMax/ReduceProd over channels, tensors without labels combined with
     them, shared weights or weights that are graph inputs, excluded layers, Reshapes into a
-    symbolic dimension. Never removes a group's last unit. Main graph only; a value read inside
+    symbolic dimension, channel counts read by Shape that reach a place the pass cannot rewrite,
+    GroupNorm and grouped ConvTranspose. Never removes a group's last unit. Main graph only; a value read inside
     an If/Loop/Scan body is left alone.
     """
 
