@@ -43,6 +43,7 @@ class Shadow:
     scale: np.ndarray
     zero_point: np.ndarray | None
     axis: int
+    scale_name: str = ""  # the scale's initializer: with learn_scales its trained value re-quantizes
 
 
 class Program:
@@ -185,8 +186,10 @@ class GraphModule(nn.Module):
             return "buffer"  # read only inside a body (frozen) or a graph output
         if value.dtype not in dtypes.FLOAT_CODES:
             return "shadow" if self._shadow_for(graph, value, uses) else "buffer"
-        if value.const.shape == () or any(self._frozen_port(op, port) for op, port in uses):
+        if any(self._frozen_port(op, port) for op, port in uses):
             return "buffer"
+        if value.const.shape == () and not (self.learn_scales and _all_scales(uses)):
+            return "buffer"  # a formula constant (GELU's sqrt(2), an attention scale), not a weight
         if all(op.op_type in CONTROL_FLOW for op, _ in uses):
             return "buffer"  # read only by frozen regions: no gradient would ever reach it
         return "parameter"
@@ -206,7 +209,8 @@ class GraphModule(nn.Module):
         scale, zero_point, axis = consts[0]
         if scale is None or any(not _same_qparams(c, consts[0]) for c in consts):
             return False
-        self.shadows[value.name] = Shadow(*INT_RANGES[value.dtype], scale, zero_point, axis)
+        scale_value = uses[0][0].inputs[1]
+        self.shadows[value.name] = Shadow(*INT_RANGES[value.dtype], scale, zero_point, axis, scale_value.name)
         return True
 
     def _add(self, value: Value, role: str) -> None:
@@ -300,11 +304,18 @@ class GraphModule(nn.Module):
         tensor = table[key].detach().cpu()
         shadow = self.shadows.get(onnx_name)
         if shadow is not None:
-            scale = per_axis(torch.from_numpy(np.array(shadow.scale, np.float32)), tensor, shadow.axis)
+            scale = per_axis(self._current_scale(shadow), tensor, shadow.axis)
             zero = 0.0 if shadow.zero_point is None else per_axis(
                 torch.from_numpy(shadow.zero_point.astype(np.float32)), tensor, shadow.axis)
             tensor = torch.clamp(torch.round(tensor / scale) + zero, shadow.low, shadow.high)
         return to_numpy(tensor, value.dtype)
+
+    def _current_scale(self, shadow: Shadow) -> torch.Tensor:
+        scale_value = self._values.get(shadow.scale_name)
+        if scale_value is not None and scale_value.name in self.torch_names:
+            table, key = self.state_entry(scale_value)
+            return table[key].detach().cpu().float()
+        return torch.from_numpy(np.array(shadow.scale, np.float32))
 
     def write_back(self) -> list[str]:
         """Stores every registered main-graph initializer whose value changed into the IR; returns
@@ -327,6 +338,10 @@ def _sanitize(name: str, container: nn.Module) -> str:
     while key in container._parameters or key in container._buffers or hasattr(container, key):
         key += "_"
     return key
+
+
+def _all_scales(uses) -> bool:
+    return all(_SCALE_PORTS.get(op.op_type) == port for op, port in uses)
 
 
 def _qparams(graph: Graph, op: Op) -> tuple:

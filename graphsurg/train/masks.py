@@ -9,6 +9,7 @@ The record is the JSON `graphsurg apply --changes` writes, `{"passes": [{"touche
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from graphsurg.errors import BadInputError
 
 MASK_PREFIX = "mask/"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +79,10 @@ class MaskSet:
         rank >= 2 that the record does not cover. Biases and norm parameters (rank < 2) never get
         zero masks: a zero there is an initial value, not a pruning decision."""
         recorded = changes.masks if changes else {}
+        unknown = sorted(set(recorded) - set(module.parameter_names()))
+        if unknown:
+            log.warning("masks in %s name no trainable parameter of the model: %s", changes.source,
+                        ", ".join(unknown[:5]))
         pairs = []
         for name in trainable:
             param = module.parameter(name)

@@ -85,6 +85,20 @@ def test_shadow_weights_requantize_on_write_back():
     onnx.checker.check_model(serde.to_proto(model), full_check=True)
 
 
+def test_learned_scales_train_and_requantize_with_their_new_value():
+    model = serde.load(_qdq_model())
+    module = GraphModule(model, learn_scales=True)
+    assert {"x_scale", "w_scale", "w_q", "b_q"} <= set(module.parameter_names())
+    module(torch.ones(2, 4))[0].sum().backward()
+    assert module.parameter("w_scale").grad is not None and module.parameter("x_scale").grad is not None
+    weights = module.parameter("w_q").detach().clone()
+    with torch.no_grad():
+        module.parameter("w_scale").mul_(2.0)  # the same float weights at twice the step: half the integers
+    assert set(module.write_back()) == {"w_scale", "w_q"}
+    expected = np.clip(np.round(weights.numpy() / (2 * W_SCALE)), -128, 127).astype(np.int8)
+    assert np.array_equal(model.graph.initializers["w_q"].const.numpy(), expected)
+
+
 def test_qat_recovers_at_least_the_post_training_quantized_accuracy():
     from graphsurg.pipeline import all_passes, make_pass, run_passes
     from graphsurg.services import DataSpec, build_context
