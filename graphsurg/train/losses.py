@@ -27,7 +27,8 @@ class Objective:
     task_kind: str | None = None  # "classification" | "regression"
     task_axis: int = -1
     distill: dict[int, str] = field(default_factory=dict)  # output index -> "kl" | "mse"
-    probabilities: dict[int, bool] = field(default_factory=dict)
+    probabilities: dict[int, bool] = field(default_factory=dict)  # student output index -> reads as probabilities
+    teacher_probabilities: dict[int, bool] = field(default_factory=dict)
     temperature: float = 4.0
     alpha: float = 0.5
 
@@ -52,10 +53,10 @@ class Objective:
             if kind == "mse":
                 term = F.mse_loss(out, ref)
             else:
-                probs = self.probabilities.get(index, False)
                 t = self.temperature
-                log_s = torch.log_softmax(_log_probs(out, probs, -1) / t, dim=-1)
-                log_t = torch.log_softmax(_log_probs(ref, probs, -1) / t, dim=-1)
+                log_s = torch.log_softmax(_log_probs(out, self.probabilities.get(index, False), -1) / t, dim=-1)
+                log_t = torch.log_softmax(_log_probs(ref, self.teacher_probabilities.get(index, False), -1) / t,
+                                          dim=-1)
                 rows = out.numel() // out.shape[-1]
                 term = t * t * F.kl_div(log_s, log_t, reduction="sum", log_target=True) / rows
             total = term if total is None else total + term
@@ -94,7 +95,9 @@ def build_objective(output_names: list[str], sample_outputs: list[np.ndarray], l
                                     f"teacher's has {list(ref.shape)}; distillation needs matching outputs")
             if out.dtype.kind == "f":
                 objective.distill[index] = _distill_kind(output_names[index], ref, distill_loss)
-                objective.probabilities[index] = looks_like_probabilities(ref)
+                # Each side on its own: a student ending in logits may learn from a teacher's softmax.
+                objective.probabilities[index] = looks_like_probabilities(out)
+                objective.teacher_probabilities[index] = looks_like_probabilities(ref)
     return objective
 
 

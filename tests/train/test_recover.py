@@ -160,6 +160,17 @@ def test_record_holds_metrics_before_and_after_each_epoch():
     assert record["samples"] == {"total": 1257, "train": 1131, "val": 126}
 
 
+def test_mse_distillation_with_the_torch_teacher():
+    """MSE on outputs (what non-classifier outputs get), the teacher run by the interpreter."""
+    model = serde.load(MLP)
+    record = recover(model, _arrays(model), serde.load(CNN),
+                     _options(epochs=2, distill_loss="mse", teacher_backend="torch"))
+    assert record["objective"]["distill"] == {"logits": "mse"}
+    objectives = [h["val"]["objective"] for h in record["history"]]
+    assert objectives[-1] < 0.5 * objectives[0]
+    assert record["history"][0]["val"]["mse"] == pytest.approx(objectives[0], rel=1e-4)
+
+
 def test_training_a_head_needs_the_change_record():
     model = serde.load(MLP)
     with pytest.raises(UsageError, match="--changes"):
