@@ -13,7 +13,7 @@ import mmap
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,20 +92,26 @@ class SourceFile:
 
     Holding the descriptor pins the file's contents: when a later save replaces the file by
     rename (saving a model over its own input), tensors loaded from it keep reading the original
-    bytes. Closed when the last tensor using it is gone.
+    bytes. Closed when the last tensor using it is gone. A model split over more files than the
+    process may keep open (half its descriptor limit, raised to the hard limit when needed) gets
+    the rest unpinned: those files are opened for each read.
     """
 
     _open: weakref.WeakValueDictionary[tuple[int, int], SourceFile] = weakref.WeakValueDictionary()
     _lock = threading.Lock()
 
-    def __init__(self, path: str, fd: int):
+    def __init__(self, path: str, fd: int | None):
         self.path = path
-        self.fd = fd
+        self.fd = fd  # None: not pinned
 
     @classmethod
     def open(cls, path: str) -> SourceFile:
         """The shared handle of the file now at `path` (one descriptor per file identity)."""
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        with cls._lock:
+            if len(cls._open) >= _pin_budget():
+                os.stat(path)  # still refuse a missing file here, as a pinned open would
+                return cls(path, None)
+        fd = _open_readonly(path)
         info = os.fstat(fd)
         key = (info.st_dev, info.st_ino)
         with cls._lock:
@@ -117,12 +123,47 @@ class SourceFile:
             cls._open[key] = source
             return source
 
+    @contextlib.contextmanager
+    def descriptor(self) -> Iterator[int]:
+        """A descriptor to read from: the pinned one, or one opened for this use."""
+        if self.fd is not None:
+            yield self.fd
+            return
+        fd = _open_readonly(self.path)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
     def size(self) -> int:
-        return os.fstat(self.fd).st_size
+        with self.descriptor() as fd:
+            return os.fstat(fd).st_size
 
     def __del__(self) -> None:
-        with contextlib.suppress(OSError, TypeError):
-            os.close(self.fd)
+        if self.fd is not None:
+            with contextlib.suppress(OSError, TypeError):
+                os.close(self.fd)
+
+
+def _open_readonly(path: str) -> int:
+    return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+
+def _pin_budget() -> int:
+    """How many weight files may stay open: half the descriptor limit (raised to the hard limit
+    the first time the budget is reached), leaving the rest to the process."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    budget = soft // 2
+    if len(SourceFile._open) >= budget and hard != soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            budget = target // 2
+    return budget
 
 
 class MappedTensor(Tensor):
@@ -150,14 +191,16 @@ class MappedTensor(Tensor):
             return _readonly(np.zeros(self.shape, np_dtype))
         start = self.location.offset - self.location.offset % mmap.ALLOCATIONGRANULARITY
         skip = self.location.offset - start
-        mapped = mmap.mmap(self.source.fd, skip + self.location.length, offset=start, access=mmap.ACCESS_READ)
+        with self.source.descriptor() as fd:
+            mapped = mmap.mmap(fd, skip + self.location.length, offset=start, access=mmap.ACCESS_READ)
         raw = np.frombuffer(mapped, dtype=np.uint8, count=self.location.length, offset=skip)
         count = self.location.length // np_dtype.itemsize
         return _readonly(raw.view(np_dtype)[:count].reshape(self.shape))
 
     def copy_to(self, out_fd: int) -> None:
         """Append this tensor's bytes to an open file, kernel to kernel where the OS allows."""
-        copy_range(self.source.fd, self.location.offset, self.location.length, out_fd)
+        with self.source.descriptor() as fd:
+            copy_range(fd, self.location.offset, self.location.length, out_fd)
 
 
 class ExternalTensor(MappedTensor):

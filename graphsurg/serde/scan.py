@@ -57,7 +57,7 @@ def read_skeleton(path: str) -> Skeleton | None:
     size = source.size()
     if size < SCAN_MIN_FILE_BYTES:
         return None
-    with mmap.mmap(source.fd, size, access=mmap.ACCESS_READ) as buf:
+    with source.descriptor() as fd, mmap.mmap(fd, size, access=mmap.ACCESS_READ) as buf:
         try:
             built = _model_skeleton(buf, size)
         except _Malformed:

@@ -90,7 +90,8 @@ class Stream:
 
 
 def _read_mapped(tensor: MappedTensor) -> bytes:
-    data = os.pread(tensor.source.fd, tensor.location.length, tensor.location.offset)
+    with tensor.source.descriptor() as fd:
+        data = os.pread(fd, tensor.location.length, tensor.location.offset)
     if len(data) != tensor.location.length:
         raise OSError(f"{tensor.location.path}: ends before byte {tensor.location.offset + tensor.location.length}")
     return data

@@ -408,3 +408,34 @@ def test_round_trip_memory_does_not_grow_with_the_weights(tmp_path, external):
     growth = float(done.stdout.strip())
     assert growth < 64, f"peak RSS grew by {growth:.0f} MB for 320 MiB of weights"
     assert time.perf_counter() - started < 60
+
+
+MANY_FILES = """
+import resource, sys
+import numpy as np
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+from graphsurg import serde
+from graphsurg.ir import SourceFile
+model = serde.load(sys.argv[1])
+assert 0 < len(SourceFile._open) <= 32, len(SourceFile._open)
+serde.save(model, sys.argv[2])
+again = serde.load(sys.argv[2])
+for i in range(150):
+    assert np.array_equal(again.graph.initializers[f"w{i}"].const.numpy(), np.full(8, i, np.float32))
+print("ok")
+"""
+
+
+def test_a_model_split_over_more_files_than_may_be_open(tmp_path):
+    """onnx can write one external file per tensor; beyond half the descriptor limit the files are
+    opened per read instead of held open, and load and save still work."""
+    inits = [numpy_helper.from_array(np.full(8, i, np.float32), f"w{i}") for i in range(150)]
+    graph = helper.make_graph([helper.make_node("Sum", [t.name for t in inits], ["y"])], "many", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])], inits)
+    path = tmp_path / "src" / "m.onnx"
+    path.parent.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path,
+              save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    done = subprocess.run([sys.executable, "-c", MANY_FILES, str(path), str(tmp_path / "out" / "m.onnx")],
+                          capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr
