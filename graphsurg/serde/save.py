@@ -76,11 +76,27 @@ def save(
         elif writer is not None:
             writer.abort()
         main.commit()
+        if durable:
+            _sync_directory(target.parent)
     except BaseException:
         for temp in (writer, main):
             if temp is not None:
                 temp.abort()
         raise
+
+
+def _sync_directory(folder: Path) -> None:
+    """Makes the renames themselves durable (POSIX: the directory entry is data of the folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _data_location(target: Path, location: str | None) -> str:
@@ -170,7 +186,6 @@ class _GraphWriter:
         self.external = external
         self.stub_above = -1 if stub_above is True else None if stub_above is False else stub_above
         self.initializers_as_inputs = initializers_as_inputs
-        self.stubbed = 0
 
     def fill(self, graph: Graph, gp: onnx.GraphProto) -> None:
         self._head(graph, gp)
@@ -220,7 +235,6 @@ class _GraphWriter:
         tensor = value.const
         if self.stub_above is not None and tensor.nbytes > self.stub_above:
             proto.CopyFrom(header_proto(tensor, value.name))
-            self.stubbed += 1
         elif self.external is not None and self.external.wants(tensor):
             proto.CopyFrom(self.external.place(tensor, value.name))
         else:

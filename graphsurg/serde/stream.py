@@ -90,11 +90,16 @@ class Stream:
 
 
 def _read_mapped(tensor: MappedTensor) -> bytes:
+    start, length = tensor.location.offset, tensor.location.length
+    chunks, done = [], 0
     with tensor.source.descriptor() as fd:
-        data = os.pread(fd, tensor.location.length, tensor.location.offset)
-    if len(data) != tensor.location.length:
-        raise OSError(f"{tensor.location.path}: ends before byte {tensor.location.offset + tensor.location.length}")
-    return data
+        while done < length:
+            chunk = os.pread(fd, length - done, start + done)
+            if not chunk:
+                raise OSError(f"{tensor.location.path}: ends before byte {start + length}")
+            chunks.append(chunk)
+            done += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # b"" when empty
 
 
 def _write_gathered(fd: int, pieces: list[bytes | memoryview]) -> None:
