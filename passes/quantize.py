@@ -28,6 +28,7 @@ class QuantizeParams:
     symmetric_weights: bool = True
     calibration: Literal["minmax", "percentile", "entropy", "mse"] = "percentile"
     percentile: float = 99.99
+    weight_clipping: Literal["none", "mse"] = "none"
     ops: tuple[str, ...] = ("Conv", "MatMul", "Gemm", "Gather")
     exclude: tuple[str, ...] = ()
     act_matmul: bool = False
@@ -53,7 +54,9 @@ class Quantize(Pass):
     quantized consumers; float consumers keep the float tensor. BatchNormalization after a Conv is
     folded first; the opset is raised to 13 when that is safe and per-channel scales need it.
     Calibration (activations=uint8|int8) runs the model once over --data: minmax, percentile,
-    entropy (KL) or mse (golden-section clipping search); activations=none needs no data.
+    entropy (KL) or mse (golden-section clipping search); activations=none needs no data. Weights
+    use their per-channel min/max unless weight_clipping=mse (golden-section search per channel on
+    the exact weights; it lowers weight MSE but can hurt transformers, whose large weights matter).
     `smooth=ALPHA` applies SmoothQuant before calibration. With --max-degradation, ops are ranked by
     leave-one-out sensitivity and the fewest go back to float (binary search) until the budget holds.
     Refuses, with the reason recorded: ops of other types or domains, weights that are not float32
@@ -75,7 +78,7 @@ class Quantize(Pass):
             result.summary = "nothing quantized: " + opset_note
             return
         serde.infer_shapes(model)
-        folded = fold_batchnorms(model.graph)
+        folded = fold_batchnorms(model.graph) if "Conv" in p.ops else []
         plan, as_gemm = self._plan(model, per_channel, weights_only)
         changes: dict[str, Any] = {"batchnorms_folded": folded, "matmul_add_as_gemm": as_gemm,
                                    "per_channel": per_channel}
@@ -88,6 +91,9 @@ class Quantize(Pass):
         float_keys = set(fallback.float_keys) if fallback else set()
         writer = self._write(model, plan, qparams, float_keys)
         self._record(result, plan, writer, fallback, changes)
+        # the function-preserving preparation changes the model even when nothing gets quantized
+        prepared = folded or as_gemm or "raised" in (opset_note or "") or changes.get("smoothquant", {}).get("smoothed")
+        result.modified = bool(writer.log.quantized_ops or prepared)
 
     # ---- steps --------------------------------------------------------------------------------
     def _plan(self, model: Model, per_channel: bool, weights_only: bool) -> tuple[Plan, list[str]]:
@@ -119,7 +125,7 @@ class Quantize(Pass):
     def _settings(self) -> QuantSettings:
         p = self.params
         return QuantSettings(None if p.activations == "none" else p.activations, p.symmetric_weights,
-                             p.calibration == "mse")
+                             p.weight_clipping == "mse")
 
     def _write(self, model: Model, plan: Plan, qparams: dict, float_keys: set[str]) -> QDQWriter:
         writer = QDQWriter(model.graph, self._settings(), qparams)
@@ -170,7 +176,6 @@ class Quantize(Pass):
             changes["fallback"] = fallback.to_json(labels)
             changes["budget_met"] = fallback.budget_met
         result.changes = changes
-        result.modified = bool(writer.log.quantized_ops)
         result.touch(*(w["int8"] for w in bounds.values()))
         result.summary = _summary(writer, plan, fallback)
 

@@ -49,10 +49,12 @@ class RunningHistogram:
         self.first = 0  # index k of counts[0]
         self.counts = np.zeros(0, np.int64)
 
-    def add(self, x: np.ndarray) -> None:
+    def add(self, x: np.ndarray, lo: float | None = None, hi: float | None = None) -> None:
+        """Counts the (finite) values of `x`; `lo`/`hi` are its extremes when the caller has them."""
         if x.size == 0:
             return
-        lo, hi = float(x.min()), float(x.max())
+        if lo is None or hi is None:
+            lo, hi = float(x.min()), float(x.max())
         if self.width is None:
             span = hi - lo if hi > lo else max(abs(hi), 1e-12)
             self.width = 2.0 ** math.ceil(math.log2(span / (self.max_bins // 2)))
@@ -64,7 +66,8 @@ class RunningHistogram:
             self._coarsen()
             k_lo, k_hi = k_lo >> 1, k_hi >> 1
         self._extend(k_lo, k_hi)
-        index = np.floor(x / self.width).astype(np.int64) - self.first
+        # offset first, so the index stays small (int32-sized) whatever the data's distance from 0
+        index = np.floor((x - self.first * self.width) * (1.0 / self.width)).astype(np.intp)
         np.clip(index, 0, len(self.counts) - 1, out=index)  # float rounding at the edges
         self.counts += np.bincount(index.ravel(), minlength=len(self.counts))
 
@@ -107,23 +110,28 @@ class TensorStats:
 
     def add(self, array: np.ndarray) -> None:
         x = np.asarray(array)
-        if not np.issubdtype(x.dtype, np.floating):
-            x = x.astype(np.float32)
-        finite = np.isfinite(x)
-        if not finite.all():
-            self.nonfinite += int(x.size - finite.sum())
-            x = np.where(finite, x, 0.0).astype(x.dtype)  # keeps the shape for per-channel stats
         if x.size == 0:
             return
-        self.min, self.max = min(self.min, float(x.min())), max(self.max, float(x.max()))
-        self.count += int(x.size)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float32)
+        lo, hi = float(x.min()), float(x.max())
+        values = x.ravel()
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or inf somewhere: those values are skipped
+            finite = np.isfinite(x)
+            self.nonfinite += int(x.size - np.count_nonzero(finite))
+            values = x[finite]
+            x = np.where(finite, x, 0.0).astype(x.dtype)  # keeps the shape for per-channel stats
+            if not values.size:
+                return
+            lo, hi = float(values.min()), float(values.max())
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.count += int(values.size)
         if self.hist is not None:
-            self.hist.add(x.ravel())
+            self.hist.add(values, lo, hi)
         if self.channels and x.ndim >= 1:
             per_channel = np.abs(x).reshape(-1, x.shape[-1]).max(axis=0)
-            if self.channel_absmax is None or self.channel_absmax.shape != per_channel.shape:
-                self.channel_absmax = per_channel if self.channel_absmax is None else self.channel_absmax
-            self.channel_absmax = np.maximum(self.channel_absmax, per_channel)
+            known = self.channel_absmax
+            self.channel_absmax = per_channel if known is None else np.maximum(known, per_channel)
 
     def as_dict(self) -> dict[str, Any]:
         seen = self.count > 0

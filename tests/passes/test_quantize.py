@@ -363,3 +363,12 @@ def test_two_d_matmul_with_bias_becomes_qgemm(tmp_path):
     assert result.changes["matmul_add_as_gemm"] == ["mm"] and result.changes["quantized_ops"] == ["mm"]
     assert fused_ops(model, tmp_path) == Counter(QuantizeLinear=1, QGemm=1)
     assert relative_error(session(model).run(None, {"x": x})[0], reference) < 0.02
+
+
+def test_mse_weight_clipping_records_what_it_clips_and_keeps_the_bound(tmp_path):
+    model = conv_relu_conv()
+    x = RNG.normal(size=(16, 3, 8, 8)).astype(np.float32)
+    result = quantize(model, "quantize{weight_clipping=mse}", data=save_data(tmp_path, x=x))
+    records = result.changes["weights"]
+    assert set(records) == {"w1", "w2"} and result.changes["error_bound_holds"]
+    assert all(r["max_error_over_half_scale"] <= 1.0 + 1e-6 and r["clipped"] >= 0 for r in records.values())
