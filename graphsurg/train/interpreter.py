@@ -175,7 +175,7 @@ class GraphModule(nn.Module):
 
     def _register_state(self, graph: Graph, trainable: bool) -> None:
         for value in graph.initializers.values():
-            if not graph.is_used(value) and value.name not in _captured_anywhere(graph):
+            if not graph.is_used(value):  # capture edges count as uses: body reads are kept
                 continue
             role = self._role(graph, value) if trainable else "buffer"
             self._add(value, role)
@@ -355,10 +355,6 @@ def _same_qparams(a: tuple, b: tuple) -> bool:
     if scale_a is None or scale_b is None or axis_a != axis_b or (zero_a is None) != (zero_b is None):
         return False
     return np.array_equal(scale_a, scale_b) and (zero_a is None or np.array_equal(zero_a, zero_b))
-
-
-def _captured_anywhere(graph: Graph) -> set[str]:
-    return set().union(*(sub.free_names() for op in graph.ops for sub in op.subgraphs())) if graph.ops else set()
 
 
 def _consumers_by_type(graph: Graph) -> dict[str, list[str]]:

@@ -88,6 +88,7 @@ def recover(student: Model, data: Arrays, teacher: Model | None = None, options:
     without it the run joins torchrun's group itself, or runs as one process."""
     options = options or RecoverOptions()
     _check_options(options, data, teacher)
+    _check_batch_axis(student)
     placement = placement or distributed.setup(options.device)
     torch.manual_seed(options.seed)
     with _deterministic(placement):
@@ -157,6 +158,16 @@ def _teacher_targets(teacher, student, train_data, val_data, options):
         outputs, teacher_names = teacher_outputs(teacher, arrays, options.teacher_backend, options.provider)
         parts[key] = pair_outputs(names, teacher_names, outputs)
     return parts
+
+
+def _check_batch_axis(student: Model) -> None:
+    """Recovery batches samples along axis 0, so that axis must be dynamic in the student."""
+    from graphsurg.eval.data import fixed_batch, signature
+
+    fixed = fixed_batch(signature(student).inputs)
+    if fixed is not None:
+        raise UsageError(f"the student fixes its batch dimension at {fixed}; recovery needs a dynamic batch axis "
+                         "(re-export it with a symbolic first dimension, e.g. torch.onnx.export dynamic_axes)")
 
 
 def _make_trainer(student, train_data, targets, options, changes, placement) -> Trainer:

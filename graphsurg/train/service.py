@@ -27,7 +27,8 @@ def gradients(model: Model, params: list[str], data: Any, **options: Any) -> dic
 
     module = GraphModule(model, bn_mode="frozen").eval()
     wanted = _trainable(module, params)
-    arrays = load_arrays(data.path, model, data.labels)
+    path, labels = (data.path, data.labels) if hasattr(data, "path") else (str(data), "labels")
+    arrays = load_arrays(path, model, labels)
     batch = max(int(getattr(data, "batch_size", 64) or 64), 1)
     for start in range(0, arrays.samples, batch):
         part = arrays.take(np.arange(start, min(start + batch, arrays.samples)))

@@ -12,7 +12,7 @@ import pytest
 from graphsurg import serde
 from graphsurg.errors import UsageError
 from graphsurg.pipeline import make_pass, run_passes
-from graphsurg.train.data import load_arrays
+from graphsurg.train.data import Arrays, load_arrays
 from graphsurg.train.masks import load_changes
 from graphsurg.train.recover import RecoverOptions, recover
 
@@ -171,9 +171,14 @@ def test_mse_distillation_with_the_torch_teacher():
     assert record["history"][0]["val"]["mse"] == pytest.approx(objectives[0], rel=1e-4)
 
 
-def test_training_a_head_needs_the_change_record():
+def test_training_a_head_needs_the_change_record(tmp_path):
     model = serde.load(MLP)
     with pytest.raises(UsageError, match="--changes"):
         recover(model, _arrays(model), None, _options(use_labels=True, train="head"))
     with pytest.raises(UsageError, match="teacher"):
         recover(model, _arrays(model), None, _options())
+    # The exported BERT-style encoder has its batch of 2 baked into Reshape targets and inputs.
+    path, feeds = H.bert_encoder(tmp_path / "bert.onnx")
+    bert = serde.load(path)
+    with pytest.raises(UsageError, match="dynamic batch axis"):
+        recover(bert, Arrays({k: np.repeat(v, 4, axis=0) for k, v in feeds.items()}), serde.load(path), _options())
