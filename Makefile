@@ -16,8 +16,7 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 demo: venv
-	$(BIN)/graphsurg inspect models/digits_cnn.onnx
-	$(BIN)/graphsurg apply models/digits_cnn.onnx -o /tmp/graphsurg-demo.onnx -p cleanup
+	$(BIN)/graphsurg run
 
 lint: venv
 	$(BIN)/ruff check graphsurg passes tests bench models

@@ -70,8 +70,9 @@ def fit_recovery_curve(points: list[tuple[int, float]]) -> dict[str, Any] | None
 
 @dataclass(frozen=True)
 class BoundCheck:
-    """First-order perturbation bound |ΔL| <= C * ||Δθ||, with C the largest per-batch gradient
-    norm of the loss at the original weights (an empirical Lipschitz constant on the data)."""
+    """First-order perturbation bound |ΔL| <= C * ||Δθ||, with C the norm of the gradient of the mean
+    task loss over the evaluation data at the original weights (an empirical constant: it is exact
+    to first order for small edits, and `held` says whether it covered the measured ΔL)."""
 
     constant: float | None
     magnitude: float

@@ -22,7 +22,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-METRICS = ("loss", "accuracy", "agreement", "kl", "cosine", "sqnr_db", "mse")
+# Budget metrics: each needs a finite reference value to degrade from. Not sqnr_db: the original
+# against itself has infinite SQNR, so no amount of degradation from it is measurable.
+METRICS = ("loss", "accuracy", "agreement", "kl", "cosine", "mse")
+TASK_METRICS = ("loss", "accuracy")  # the ones that need labels in the evaluation data
+
+# Parameters `auto` can stand for (the minimal surgery search): name -> upper end of the search.
+SEARCHABLE = {"ratio": 0.95, "sparsity": 0.99}
 
 
 @dataclass
@@ -30,7 +36,7 @@ class DataSection:
     calibration: Path | None = None
     evaluation: Path | None = None
     train: Path | None = None
-    labels: str | None = "labels"
+    labels: str = "labels"  # key of the labels array in the .npz files
     batch_size: int = 64
 
 
@@ -93,11 +99,20 @@ class _Locator:
     def __init__(self, path: Path, text: str):
         self.path, self.lines = path, text.splitlines()
 
-    def error(self, keys: tuple[str, ...], message: str) -> RecipeError:
-        where = ".".join(keys)
-        line = self._line_of(keys)
+    def error(self, keys: tuple[str, ...], message: str, near: str | None = None, index: int | None = None
+              ) -> RecipeError:
+        """`near`: text of the offending value (a pipeline entry), whose line is more precise than the
+        key's; `index`: the entry's position in a list key, shown as `pipeline[2]`."""
+        where = ".".join(keys) + (f"[{index}]" if index is not None else "")
+        line = (self._line_with(near) if near else None) or self._line_of(keys)
         prefix = f"{self.path}:{line}" if line else str(self.path)
         return RecipeError(f"{prefix}: {where}: {message}" if where else f"{prefix}: {message}")
+
+    def _line_with(self, text: str) -> int | None:
+        for number, line in enumerate(self.lines, 1):
+            if text in line.split("#", 1)[0]:
+                return number
+        return None
 
     def _line_of(self, keys: tuple[str, ...]) -> int | None:
         """Best effort: the line of the key inside its section (tomllib reports no positions)."""
@@ -138,6 +153,9 @@ def _build(raw: dict[str, Any], loc: _Locator, base: Path, path: Path) -> Recipe
     model = _existing_path(_typed(raw["model"], str, ("model",), loc), base, ("model",), loc)
     data = _section(raw.get("data", {}), DataSection, ("data",), loc, base)
     budget = _section(raw.get("budget", {}), BudgetSection, ("budget",), loc, base)
+    if budget.metric == "sqnr_db":
+        raise loc.error(("budget", "metric"), "sqnr_db cannot be a budget: the original's SQNR against itself is "
+                        "infinite, so there is no finite reference to degrade from; use mse, cosine or kl")
     if budget.metric not in METRICS:
         raise loc.error(("budget", "metric"), f"unknown metric {budget.metric!r}; valid: {', '.join(METRICS)}")
     recovery = _section(raw.get("recovery", {}), RecoverySection, ("recovery",), loc, base)
@@ -146,47 +164,137 @@ def _build(raw: dict[str, Any], loc: _Locator, base: Path, path: Path) -> Recipe
     output = _section(raw.get("output", {}), OutputSection, ("output",), loc, base, must_exist=False)
     steps = _steps(raw.get("pipeline", []), loc)
     seed = _typed(raw.get("seed", 0), int, ("seed",), loc)
-    return Recipe(path, model, steps, data, budget, recovery, output, seed)
+    recipe = Recipe(path, model, steps, data, budget, recovery, output, seed)
+    _check_values(recipe, loc)
+    _check_data(recipe, loc)
+    return recipe
+
+
+def _check_values(recipe: Recipe, loc: _Locator) -> None:
+    """Ranges TOML's types cannot express; each would otherwise fail (or loop) in the middle of a run."""
+    checks = [
+        (("budget", "tolerance"), recipe.budget.tolerance > 0, "must be > 0 (the bisection step of `auto`)"),
+        (("data", "labels"), bool(recipe.data.labels), "expected the key of the labels array "
+         "(to train without labels: [recovery] use_labels = false)"),
+        (("data", "batch_size"), recipe.data.batch_size >= 1, "must be >= 1"),
+        (("recovery", "batch_size"), recipe.recovery.batch_size >= 1, "must be >= 1"),
+        (("recovery", "epochs"), recipe.recovery.epochs >= 1, "must be >= 1"),
+        (("recovery", "steps"), recipe.recovery.steps is None or recipe.recovery.steps >= 1, "must be >= 1"),
+        (("recovery", "lr"), recipe.recovery.lr > 0, "must be > 0"),
+        (("recovery", "val_split"), 0 <= recipe.recovery.val_split < 1, "must be in [0, 1)"),
+        (("recovery", "alpha"), 0 <= recipe.recovery.alpha <= 1, "must be in [0, 1]"),
+        (("recovery", "temperature"), recipe.recovery.temperature > 0, "must be > 0"),
+    ]
+    for keys, ok, message in checks:
+        if not ok:
+            raise loc.error(keys, message)
+    for name in ("model", "certificate"):
+        value = getattr(recipe.output, name)
+        if not value or Path(value).name != value:
+            raise loc.error(("output", name), f"expected a file name (written in the output folder), got {value!r}")
+
+
+def _check_data(recipe: Recipe, loc: _Locator) -> None:
+    """The data each stage needs must be named now, not discovered missing after minutes of work."""
+    data = recipe.data
+    if data.evaluation is None:
+        raise loc.error(("data", "evaluation"), "missing: the data every stage is measured on "
+                        "(.npz or test-data folder)")
+    recovers = recipe.recovery.enabled or any(step.recover for step in recipe.steps)
+    if recovers and data.train is None:
+        raise loc.error(("data", "train"), "missing: recovery needs training data "
+                        "(or set [recovery] enabled = false and no step recover = true)")
+    if recipe.budget.metric in TASK_METRICS:
+        fidelity = ", ".join(m for m in METRICS if m not in TASK_METRICS)
+        _check_labels(data.evaluation, data.labels, ("data", "evaluation"), loc,
+                      f"or measure the budget in a fidelity metric ({fidelity})")
+    if recovers and recipe.recovery.use_labels:
+        _check_labels(data.train, data.labels, ("data", "train"), loc,
+                      "or distill from the original alone: [recovery] use_labels = false")
+
+
+def _check_labels(path: Path, key: str, keys: tuple[str, ...], loc: _Locator, alternative: str) -> None:
+    """An .npz names its arrays without reading them, so a missing labels key costs nothing to find."""
+    if path.suffix != ".npz" or not path.is_file():
+        return  # ONNX test-data folders carry no labels; the measurement then reports none
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {Path(name).stem for name in archive.namelist()}
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise loc.error(keys, f"cannot read {path.name}: {exc}") from None
+    if key not in members:
+        raise loc.error(keys, f"{path.name} has no labels array {key!r} (arrays: {', '.join(sorted(members))}); "
+                        f"set [data] labels, {alternative}")
 
 
 def _steps(entries: Any, loc: _Locator) -> list[Step]:
-    from graphsurg.pipeline.registry import get_pass
-
     if not isinstance(entries, list):
         raise loc.error(("pipeline",), "expected a list of pass specs")
-    steps = []
-    for index, entry in enumerate(entries):
-        keys = ("pipeline", f"[{index}]")
-        if isinstance(entry, str):
-            entry = {"spec": entry}
-        if not isinstance(entry, dict):
-            raise loc.error(keys, "expected a pass spec string or a table {spec=..., repeat=...}")
-        unknown = sorted(set(entry) - {"spec", "repeat", "recover", "rewind"})
-        if unknown:
-            raise loc.error(keys, f"unknown key {unknown[0]!r}; valid: spec, repeat, recover, rewind")
-        try:
-            spec = parse_spec(_typed(entry.get("spec"), str, (*keys, "spec"), loc))
-            _check_params(get_pass(spec.name), spec)
-        except BadInputError as exc:
-            raise loc.error(("pipeline",), str(exc)) from None
-        steps.append(Step(spec, _typed(entry.get("repeat", 1), int, (*keys, "repeat"), loc),
-                          _typed(entry.get("recover", False), bool, (*keys, "recover"), loc),
-                          _typed(entry.get("rewind", False), bool, (*keys, "rewind"), loc)))
-    return steps
+    return [_step(entry, index, loc) for index, entry in enumerate(entries)]
+
+
+_STEP_KEYS = {"spec": str, "repeat": int, "recover": bool, "rewind": bool}
+
+
+def _step(entry: Any, index: int, loc: _Locator) -> Step:
+    """One pipeline entry: a spec string, or a table {spec = ..., repeat = ..., recover = ..., rewind = ...}."""
+    from graphsurg.pipeline.registry import get_pass
+
+    if isinstance(entry, str):
+        entry = {"spec": entry}
+    if not isinstance(entry, dict):
+        raise loc.error(("pipeline",), "expected a pass spec string or a table {spec = ..., repeat = ...}", index=index)
+    near = entry.get("spec") if isinstance(entry.get("spec"), str) else None
+    unknown = sorted(set(entry) - set(_STEP_KEYS))
+    if unknown:
+        raise loc.error(("pipeline",), f"unknown key {unknown[0]!r}; valid: {', '.join(_STEP_KEYS)}",
+                        near=near, index=index)
+    if near is None:
+        raise loc.error(("pipeline",), "missing spec (a pass spec string)", index=index)
+    values = {"repeat": 1, "recover": False, "rewind": False}
+    for key, kind in _STEP_KEYS.items():
+        if key in entry and not (isinstance(entry[key], kind) and (kind is bool or not isinstance(entry[key], bool))):
+            raise loc.error(("pipeline",), f"{key}: expected {kind.__name__}, got {entry[key]!r}", near=near,
+                            index=index)
+        values[key] = entry.get(key, values.get(key))
+    try:
+        spec = parse_spec(near)
+        _check_params(get_pass(spec.name), spec)
+    except BadInputError as exc:
+        raise loc.error(("pipeline",), str(exc), near=near, index=index) from None
+    if values["repeat"] < 1:
+        raise loc.error(("pipeline",), f"repeat must be >= 1, got {values['repeat']}", near=near, index=index)
+    return Step(spec, values["repeat"], values["recover"], values["rewind"])
+
+
+def searched_parameter(spec: PassSpec) -> str | None:
+    """The parameter a spec leaves to the minimal surgery search (`ratio=auto`), if any.
+
+    Only the amounts in SEARCHABLE are searched: elsewhere `auto` is an ordinary value of the
+    pass (`excise{target=auto}`, `drop-layer{block=auto}`) and is parsed as such.
+    """
+    searched = [key for key, value in spec.params if value == "auto" and key in SEARCHABLE]
+    return searched[0] if searched else None
 
 
 def _check_params(pass_cls, spec: PassSpec) -> None:
-    """Parses the parameters now so a typo fails before any work; `auto` values are searched
-    later (see surgery.py), so only their names are checked here."""
+    """Parses the parameters now so a typo fails before any work. A searched `auto` is parsed as a
+    value from inside its range, which also catches conflicts such as `sparsity=auto,threshold=0.1`."""
     from graphsurg.pipeline.params import parse_params
 
     raw = dict(spec.params)
-    fixed = {k: v for k, v in raw.items() if v != "auto"}
-    parse_params(spec.name, pass_cls.Params, fixed)
     valid = {f.name for f in fields(pass_cls.Params)}
     unknown = sorted(set(raw) - valid)
     if unknown:
         raise RecipeError(f"pass {spec.name!r} has no parameter {unknown[0]!r}; valid: {', '.join(sorted(valid))}")
+    searched = [key for key, value in raw.items() if value == "auto" and key in SEARCHABLE]
+    if len(searched) > 1:
+        raise RecipeError(f"pass {spec.name!r}: only one parameter can be auto, got {', '.join(searched)}")
+    for key in searched:
+        raw[key] = str(SEARCHABLE[key] / 2)
+    parse_params(spec.name, pass_cls.Params, raw)
 
 
 def _section(raw: Any, cls: type, keys: tuple[str, ...], loc: _Locator, base: Path, must_exist: bool = True):

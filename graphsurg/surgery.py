@@ -22,17 +22,17 @@ from graphsurg.errors import BadInputError, PassError
 from graphsurg.fsutil import write_text
 from graphsurg.ir import Model, dtypes
 from graphsurg.pipeline import ChangeRecord, PassSpec, make_pass, run_passes
-from graphsurg.recipe import Recipe, Step
+from graphsurg.recipe import SEARCHABLE, Recipe, Step, searched_parameter
 from graphsurg.services import DataSpec, build_context
 
 log = logging.getLogger(__name__)
 
-# Passes whose amount parameter can be searched (`auto`): name -> (parameter, upper bound).
-SEARCHABLE = {"ratio": 0.95, "sparsity": 0.99}
+__all__ = ["SEARCHABLE", "Surgery", "bisect_largest", "run_recipe"]
 
 
 class Stages:
-    """Progress lines on stderr ("[3/7] recover ...") unless quiet."""
+    """Progress lines on stderr, each stamped with the seconds since the start ("[  6.4s] recover ..."),
+    unless quiet."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
@@ -68,8 +68,8 @@ class Surgery:
         self.original_metrics = self.timed("measure_original", self.evaluate, original, original, latency=True)
         before = magnitude.effective_params(model)
         self.total_sq_norm = magnitude.total_sq_norm(before)
-        for step in recipe.steps:
-            self.timed(f"pass {step.spec.name}", self.run_step, model, original, step)
+        for index, step in enumerate(recipe.steps):
+            self.timed(f"step {index} {step.spec.name}", self.run_step, model, original, step, index)
         say("measure the edited model")
         immediate = self.timed("measure_immediate", self.evaluate, model, original)
         edited = magnitude.effective_params(model)
@@ -88,7 +88,8 @@ class Surgery:
         try:
             return fn(*args, **kwargs)
         finally:
-            self.timings[name] = round(time.perf_counter() - start, 3)
+            # a stage that runs more than once (recovery after each round) keeps its total
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
 
     # ---- measurement ---------------------------------------------------------------------
     def evaluate(self, model: Model, original: Model, latency: bool = False) -> dict[str, Any]:
@@ -134,23 +135,30 @@ class Surgery:
         self.pass_reports.append({"magnitude": magnitude.summarize(change, self.total_sq_norm)["relative"],
                                   "metrics_after": after})
         for res in result.results:
-            self.stages.say(f"  {res.pass_name}: {res.summary or ('changed' if res.modified else 'no change')}"
-                            + (f" ({len(res.refused)} targets left, see certificate)" if res.refused else ""))
+            self.stages.say(f"  {res.pass_name}: {res.summary or ('changed' if res.modified else 'no change')}")
+            # what was left alone and why, as `apply` prints it; the certificate keeps the full list
+            for refusal in res.refused[:5]:
+                self.stages.say(f"    left {refusal['target']}: {refusal['reason']}")
+            if len(res.refused) > 5:
+                self.stages.say(f"    ... {len(res.refused) - 5} more in the certificate (passes[].refused)")
 
-    def run_step(self, model: Model, original: Model, step: Step) -> Model:
+    def run_step(self, model: Model, original: Model, step: Step, index: int = 0) -> Model:
         spec = step.spec
-        auto = [k for k, v in spec.params if v == "auto"]
-        if auto:
-            spec = self.search(model, original, step, auto[0])
+        key = searched_parameter(spec)
+        if key is not None:
+            spec = self.search(model, original, step, key)
         for round_index in range(step.repeat):
             round_spec = _scheduled(spec, round_index, step.repeat)
             self.stages.say(f"pass {round_spec}" + (f" (round {round_index + 1}/{step.repeat})"
                                                     if step.repeat > 1 else ""))
             self.apply(model, original, round_spec)
+            self.pass_reports[-1].update({"step": index, "round": round_index + 1, "rounds": step.repeat,
+                                          "rewound": step.rewind})
             if step.rewind:
                 _rewind(model, original)
             if step.recover:
-                self.recover(model, original, label=f"after {spec.name} round {round_index + 1}")
+                label = f"after {spec.name}" + (f" round {round_index + 1}" if step.repeat > 1 else "")
+                self.recover(model, original, label=label)
                 recovered = self.evaluate(model, original)
                 self.pass_reports[-1]["metrics_after_recovery"] = {
                     k: v for k, v in recovered.items() if k not in ("latency_ms", "size_bytes")}
@@ -158,18 +166,21 @@ class Surgery:
 
     # ---- minimal surgery search ----------------------------------------------------------
     def search(self, model: Model, original: Model, step: Step, key: str) -> PassSpec:
-        """Largest value of `key` whose degradation stays within budget, by bisection."""
-        if key not in SEARCHABLE:
-            raise BadInputError(f"{step.spec.name}: {key}=auto is not searchable (only {', '.join(SEARCHABLE)})")
+        """Largest value of `key` whose degradation stays within budget, by bisection.
+
+        Each candidate is the step's pass alone on the model as it is now, recovered first when the
+        step or the recipe recovers, and measured like the final model; later steps are not run."""
         budget, tolerance = self.recipe.budget, self.recipe.budget.tolerance
         evaluations: list[dict[str, Any]] = []
+        recovers = step.recover or self.recipe.recovery.enabled
 
         def feasible(value: float) -> bool:
             trial = clone(model)
             spec = _with_param(step.spec, key, value)
-            run_passes(trial, [make_pass(spec)], self.context())
-            if self.recipe.recovery.enabled:
-                self.recover(trial, original, label=f"search {key}={value:.4f}", keep_record=False)
+            trial_record = run_passes(trial, [make_pass(spec)], self.context())
+            if recovers:
+                self.recover(trial, original, label=f"search {key}={value:.4f}", keep_record=False,
+                             extra=trial_record.results)
             metrics = self.evaluate(trial, original)
             worse = cert.degradation(budget.metric, self._reference(budget.metric), metrics.get(budget.metric))
             ok = worse is not None and worse <= budget.max_degradation
@@ -186,7 +197,10 @@ class Surgery:
         return cert._reference_value(metric, self.original_metrics)
 
     # ---- recovery ------------------------------------------------------------------------
-    def recover(self, model: Model, original: Model, label: str, keep_record: bool = True) -> dict | None:
+    def recover(self, model: Model, original: Model, label: str, keep_record: bool = True,
+                extra: list | None = None) -> dict | None:
+        """Recovery through the training backend; `extra`: pass results not (yet) in the record (a
+        search candidate's), whose masks and touched weights recovery must see too."""
         from graphsurg.train.data import load_arrays
         from graphsurg.train.masks import ChangeInfo
         from graphsurg.train.recover import RecoverOptions, recover
@@ -200,15 +214,16 @@ class Surgery:
             train=rec.train, temperature=rec.temperature, alpha=rec.alpha if use_labels else 0.0,
             val_split=rec.val_split, seed=self.recipe.seed, use_labels=use_labels, progress=not self.stages.quiet,
         )
-        record = recover(model, arrays, teacher=original, options=options, changes=self.change_info(ChangeInfo))
+        record = recover(model, arrays, teacher=original, options=options,
+                         changes=self.change_info(ChangeInfo, extra or []))
         if keep_record:
-            self.recovery_records.append(record)
+            self.recovery_records.append({"label": label, **record})
         return record
 
-    def change_info(self, cls):
+    def change_info(self, cls, extra: list):
         """The change record so far, in the form recovery reads (touched, new parameters, masks)."""
         info = cls(source="graphsurg run")
-        for result in self.record.results:
+        for result in [*self.record.results, *extra]:
             info.touched += [n for n in result.touched if n not in info.touched]
             info.new_parameters += [n for n in result.new_parameters if n not in info.new_parameters]
             for key, array in result.arrays.items():
@@ -223,6 +238,9 @@ class Surgery:
         total = self.total_sq_norm
         verdict = cert.budget_verdict(recipe.budget.metric, recipe.budget.max_degradation,
                                       self.original_metrics, final)
+        # everything that can still fail runs before the first write, so a failure leaves no model
+        # without its certificate
+        bound = self.bound_check(original, before, edited, immediate)
         out_path = self.write_model(model, verdict["within"])
         latency = {"before": self.original_metrics.pop("latency_ms", None), "after": final.pop("latency_ms", None)}
         for metrics in (immediate, recovered or {}):
@@ -245,7 +263,7 @@ class Surgery:
             "delta_loss": {"immediate": _delta(immediate, self.original_metrics, "loss"),
                            "recovered": _delta(recovered, self.original_metrics, "loss") if recovered else None},
             "recovery": self.recovery_summary(),
-            "bound": self.bound_check(original, before, edited, immediate),
+            "bound": bound,
             "budget": verdict,
             "model": {"parameters_before": original.parameter_count(), "parameters_after": model.parameter_count(),
                       "size_before": self.original_metrics.pop("size_bytes", None),
@@ -256,32 +274,46 @@ class Surgery:
         }
         for metrics in (immediate, recovered or {}):
             metrics.pop("size_bytes", None)
+        self.stages.say(f"write {self.outdir / recipe.output.certificate}")
         write_text(self.outdir / recipe.output.certificate, json.dumps(document, indent=2, sort_keys=True) + "\n")
         return document
 
     def write_model(self, model: Model, within: bool) -> Path:
-        name = self.recipe.output.model
+        shipped = self.recipe.output.model
+        marked = over_budget_name(shipped)
+        name, stale = (shipped, marked) if within else (marked, shipped)
         if not within:
             # the best model is still written, but never under the name a build would ship
-            name = f"{Path(name).stem}.over-budget{Path(name).suffix or '.onnx'}"
             model.metadata_props["graphsurg.status"] = "over-budget"
         path = self.outdir / name
+        self.stages.say(f"write {path}")
         serde.save(model, path)
+        # a model left by an earlier run under the other name would contradict this certificate
+        (self.outdir / stale).unlink(missing_ok=True)
         return path
 
     def recovery_summary(self) -> dict[str, Any]:
-        """n_tune and the recovery curve (validation metrics vs samples seen) with its a + b/sqrt(n) fit."""
+        """n_tune and the recovery curve (validation metrics vs samples seen) with its a + b/sqrt(n) fit.
+
+        The curve runs over every recovery of the run in order (a step's, then the final one), on one
+        axis: n_tune counts the samples seen since the first recovery began, as the total n_tune does.
+        """
         records = [_without_timings(r) for r in self.recovery_records]
         if not records:
             return {"enabled": self.recipe.recovery.enabled, "n_tune": 0, "curve": [], "fit": None, "records": []}
-        curve = [{"epoch": h["epoch"], "n_tune": h["n_tune"], **(h.get("val") or {})} for h in records[-1]["history"]]
+        curve, offset = [], 0
+        for record in records:
+            curve += [{"recovery": record["label"], "epoch": h["epoch"], "n_tune": offset + h["n_tune"],
+                       **(h.get("val") or {})} for h in record["history"]]
+            offset += record.get("n_tune", 0)
         metric = self.recipe.budget.metric
         points = [(p["n_tune"], p.get(metric)) for p in curve if p.get(metric) is not None]
-        return {"enabled": True, "n_tune": sum(r.get("n_tune", 0) for r in records), "curve": curve,
-                "fit": cert.fit_recovery_curve(points), "records": records}
+        return {"enabled": True, "n_tune": offset, "curve": curve, "fit": cert.fit_recovery_curve(points),
+                "records": records}
 
     def bound_check(self, original: Model, before, edited, immediate) -> dict[str, Any]:
         """C from the task-loss gradient at the original weights; needs labels and torch."""
+        self.stages.say("perturbation bound: task-loss gradient at the original weights")
         delta = _delta(immediate, self.original_metrics, "loss")
         change = math.sqrt(sum(d.sq_change for d in magnitude.compare(before, edited)))
         constant = None
@@ -324,9 +356,14 @@ def _delta(metrics: dict | None, original: dict, key: str) -> float | None:
 
 
 def run_recipe(recipe: Recipe, outdir: Path | None = None, quiet: bool = False) -> dict[str, Any]:
-    target = outdir or recipe.output.dir
-    target.mkdir(parents=True, exist_ok=True)
-    return Surgery(recipe, target, Stages(quiet)).run()
+    """Runs a loaded recipe; the output folder is made only when the model is written, so a run that
+    fails on the way leaves nothing behind."""
+    return Surgery(recipe, outdir or recipe.output.dir, Stages(quiet)).run()
+
+
+def over_budget_name(name: str) -> str:
+    """`model.onnx` -> `model.over-budget.onnx`: where a model that missed its budget goes."""
+    return f"{Path(name).stem}.over-budget{Path(name).suffix or '.onnx'}"
 
 
 def bisect_largest(feasible: Callable[[float], bool], low: float, high: float, tolerance: float) -> float:

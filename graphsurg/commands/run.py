@@ -18,7 +18,8 @@ def command(recipe: str | None, output_dir: str | None, as_json: bool, quiet: bo
     """Run a surgery RECIPE (TOML); without one, the bundled default recipe on digits_cnn.
 
     Exit 0 within budget, 1 over budget (the best model is still written, named *.over-budget.onnx),
-    2 bad input (the recipe error is located before any work starts).
+    2 bad input (a recipe error is located before any work starts), 3 internal error (e.g. a pass
+    produced a model the checker or onnxruntime rejects: the pass is named and nothing is written).
     """
     from graphsurg.bundled import DEFAULT_RECIPE
     from graphsurg.certificate import format_table
@@ -27,9 +28,12 @@ def command(recipe: str | None, output_dir: str | None, as_json: bool, quiet: bo
     from graphsurg.surgery import run_recipe
 
     loaded = load_recipe(recipe or DEFAULT_RECIPE)
-    document = run_recipe(loaded, Path(output_dir) if output_dir else None, quiet=quiet)
+    outdir = Path(output_dir) if output_dir else loaded.output.dir
+    document = run_recipe(loaded, outdir, quiet=quiet)
     click.echo(json.dumps(document, indent=2, sort_keys=True) if as_json else format_table(document))
     if document["status"] != "within_budget":
-        raise BudgetExceeded(f"over budget: {document['budget']['metric']} degraded by "
-                             f"{document['budget']['degradation']} > {document['budget']['max_degradation']}; "
-                             f"best model written as {document['output']['model']}")
+        budget = document["budget"]
+        worse = "could not be measured" if budget["degradation"] is None else \
+            f"degraded by {budget['degradation']:.4g} > {budget['max_degradation']}"
+        raise BudgetExceeded(f"over budget: {budget['metric']} {worse}; the best model is written as "
+                             f"{outdir / document['output']['model']}")
