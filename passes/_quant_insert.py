@@ -125,6 +125,18 @@ class QDQWriter:
                       name=f"{base}_DequantizeLinear")
         return q_init, dq.outputs[0]
 
+    def table(self, value: Value, axis: int | None) -> tuple[Value, QuantizedWeight]:
+        """The int8 copy of an embedding table (shared by every Gather that reads it)."""
+        key = (value.name, axis)
+        if key not in self._weights:
+            qw = quantize_weight(value.const.numpy(), axis, self.settings.symmetric_weights,
+                                 self.settings.mse_weights)
+            q_init = self.graph.add_initializer(f"{value.name}_quantized", qw.q)
+            self._weights[key] = (q_init, qw)
+            self._float_weights.add(value)
+            self.log.weights[value.name] = {"axis": axis, "int8": q_init.name, **qw.report}
+        return self._weights[key]
+
     def bias(self, value: Value, scale: np.ndarray) -> Value:
         """int32 bias with scale act_scale * weight_scale (zero point 0), the layout QLinearConv/QGemm take.
 
@@ -193,15 +205,7 @@ def _write_gather(writer: QDQWriter, op: Op, target: Target) -> None:
     """Gather(int8 table) -> DequantizeLinear(axis -1): only the gathered rows are dequantized."""
     graph = writer.graph
     table = op.inputs[0]
-    key = (table.name, target.weight_axis)
-    if key not in writer._weights:
-        qw = quantize_weight(table.const.numpy(), target.weight_axis, writer.settings.symmetric_weights,
-                             writer.settings.mse_weights)
-        q_init = graph.add_initializer(f"{table.name}_quantized", qw.q)
-        writer._weights[key] = (q_init, qw)
-        writer._float_weights.add(table)
-        writer.log.weights[table.name] = {"axis": target.weight_axis, "int8": q_init.name, **qw.report}
-    q_init, qw = writer._weights[key]
+    q_init, qw = writer.table(table, target.weight_axis)
     out = op.outputs[0]
     gathered = graph.add_op("Gather", [q_init, op.inputs[1]], [graph.fresh_name(f"{out.name}_quantized")],
                             attrs={"axis": int(op.attr("axis", 0))}, name=f"{op.name or out.name}_int8")

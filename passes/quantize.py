@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ class QuantizeParams:
     calibration: Literal["minmax", "percentile", "entropy", "mse"] = "percentile"
     percentile: float = 99.99
     weight_clipping: Literal["none", "mse"] = "none"
-    ops: tuple[str, ...] = ("Conv", "MatMul", "Gemm", "Gather")
+    ops: tuple[str, ...] = ("Conv", "MatMul", "Gemm", "Gather", "LayerNormalization")
     exclude: tuple[str, ...] = ()
     act_matmul: bool = False
     smooth: float = 0.0
@@ -49,10 +50,12 @@ class Quantize(Pass):
 
     Handles: Conv (-> QLinearConv: uint8 activations, int8 per-channel weights, int32 bias, a Q
     after the Conv or after its ReLU), Gemm (-> QGemm, int32 bias), MatMul with a constant weight
-    (-> MatMulIntegerToFloat), Gather on an embedding table (int8 table, weights only), and with
-    act_matmul=true activation x activation MatMul. One Q/DQ pair per tensor shared by its
-    quantized consumers; float consumers keep the float tensor. BatchNormalization after a Conv is
-    folded first; the opset is raised to 13 when that is safe and per-channel scales need it.
+    (-> MatMulIntegerToFloat), Gather on an embedding table (int8 table, weights only), the input
+    of a LayerNormalization after a residual Add (keeps onnxruntime from fusing them into its slow
+    SkipLayerNormalization), and with act_matmul=true activation x activation MatMul. One Q/DQ
+    pair per tensor shared by its quantized consumers; float consumers keep the float tensor.
+    BatchNormalization after a Conv is folded first; the opset is raised to 13 when that is safe
+    and per-channel scales need it.
     Calibration (activations=uint8|int8) runs the model once over --data: minmax, percentile,
     entropy (KL) or mse (golden-section clipping search); activations=none needs no data. Weights
     use their per-channel min/max unless weight_clipping=mse (golden-section search per channel on
@@ -149,7 +152,10 @@ class Quantize(Pass):
         def measure(float_keys: frozenset[str]) -> float:
             candidate = serde.load(snapshot)
             self._write(candidate, plan, qparams, set(float_keys))
-            return degradation(candidate)
+            value = degradation(candidate)
+            del candidate
+            gc.collect()  # the IR is full of reference cycles: free each candidate's weights now
+            return value
 
         return search([t.key for t in plan.targets], measure, float(budget))
 
@@ -186,7 +192,7 @@ def _rank_of(fallback: Fallback, key: str) -> int:
 
 def _summary(writer: QDQWriter, plan: Plan, fallback: Fallback | None) -> str:
     text = (f"quantized {len(writer.log.quantized_ops)} ops ({len(writer.log.weights)} int8 weights, "
-            f"{len(writer.log.activations)} activation Q/DQ pairs); {len(plan.refused)} left in float")
+            f"{len(writer.log.activations)} activation Q/DQ pairs); {len(plan.refused)} refused (reasons listed)")
     if fallback:
         state = "met" if fallback.budget_met else "MISSED"
         text += (f"; fallback kept {len(fallback.float_keys)} ops in float, degradation "

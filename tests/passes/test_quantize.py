@@ -372,3 +372,35 @@ def test_mse_weight_clipping_records_what_it_clips_and_keeps_the_bound(tmp_path)
     records = result.changes["weights"]
     assert set(records) == {"w1", "w2"} and result.changes["error_bound_holds"]
     assert all(r["max_error_over_half_scale"] <= 1.0 + 1e-6 and r["clipped"] >= 0 for r in records.values())
+
+
+def residual_layernorm(pre_ln: bool) -> Model:
+    """x + MatMul(x) -> LayerNormalization; with pre_ln the sum also feeds the output (residual path)."""
+    w = np.random.default_rng(4).normal(size=(16, 16)).astype(np.float32) * 0.2
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="proj"),
+             helper.make_node("Add", ["x", "m"], ["s"], name="residual"),
+             helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["n"], name="ln", axis=-1)]
+    outputs = [tensor("n", ["b", 4, 16])]
+    if pre_ln:
+        nodes.append(helper.make_node("Add", ["s", "n"], ["y"], name="next_residual"))
+        outputs = [tensor("y", ["b", 4, 16])]
+    return build(nodes, [tensor("x", ["b", 4, 16])], outputs,
+                 {"w": w, "gamma": np.ones(16, np.float32), "beta": np.zeros(16, np.float32)})
+
+
+def test_layernorm_after_a_residual_add_gets_its_input_quantized_so_it_is_not_fused(tmp_path):
+    x = RNG.normal(size=(32, 4, 16)).astype(np.float32)
+    data = save_data(tmp_path, x=x)
+    post, pre = residual_layernorm(False), residual_layernorm(True)
+    assert fused_ops(post, tmp_path)["SkipLayerNormalization"] == 1  # what onnxruntime does to the float model
+    reference = session(post).run(None, {"x": x})[0]
+    result = quantize(post, data=data)
+    assert result.changes["quantized_ops"] == ["proj", "ln"]
+    assert producer_type(post, post.graph.find_op("ln").inputs[0]) == "DequantizeLinear"
+    assert fused_ops(post, tmp_path)["SkipLayerNormalization"] == 0
+    assert relative_error(session(post).run(None, {"x": x})[0], reference) < 0.02
+
+    result = quantize(pre, data=data)
+    assert result.changes["quantized_ops"] == ["proj"]
+    assert any(r["target"] == "ln" and "read by it alone" in r["reason"] for r in result.refused)
+    assert pre.graph.find_op("ln").inputs[0].name == "s"
