@@ -20,6 +20,10 @@ from graphsurg.ir.nodes import Attr, Op, Shape, Value, attr_from_python
 from graphsurg.ir.tensor import ArrayTensor, Tensor
 
 CAPTURE = "capture"
+# The cached topological order lives in networkx's per-graph cache dict, which networkx (>= 3.3)
+# clears on every change made through its methods, edits behind the façade included; the façade's
+# own edits call `_changed` (networkx < 3.3 clears nothing itself).
+_ORDER_KEY = "graphsurg.topological_order"
 
 
 class GraphError(ValueError):
@@ -29,6 +33,8 @@ class GraphError(ValueError):
 class Graph:
     def __init__(self, name: str = "graph", parent: Graph | None = None):
         self.nx = nx.MultiDiGraph()
+        if not hasattr(self.nx, "__networkx_cache__"):  # networkx < 3.3 has none
+            self.nx.__networkx_cache__ = {}
         self.name = name
         self.doc_string = ""
         self.rest_blob: bytes | None = None  # GraphProto fields the IR does not model
@@ -146,18 +152,22 @@ class Graph:
         self._changed()
 
     def _changed(self) -> None:
-        cache = getattr(self.nx, "__networkx_cache__", None)
+        cache = self.nx.__networkx_cache__
         if cache:
             cache.clear()
 
     # ---- values -------------------------------------------------------------------------
     def _register_value(self, value: Value) -> Value:
-        if value.name in self._values:
-            raise GraphError(f"value {value.name!r} is defined twice")
-        self._values[value.name] = value
-        self._names.add(value.name)
+        name = value.name
+        if name in self._values:
+            raise GraphError(f"value {name!r} is defined twice")
+        self._values[name] = value
+        self._names.add(name)
         value.graph = self
-        self._add_vertex(value)
+        g = self.nx
+        if value not in g._succ:  # _add_vertex, inline: loading registers every value here
+            g._succ[value], g._pred[value], g._node[value] = {}, {}, {}
+            self._changed()
         return value
 
     def add_value(self, name: str, dtype: int | None = None, shape: Shape = None, fresh: bool = True) -> Value:
@@ -194,6 +204,7 @@ class Graph:
         del self._values[value.name]
         self._names.discard(value.name)
         self.nx.remove_node(value)
+        self._changed()
 
     def rename_value(self, value: Value, new_name: str) -> None:
         if new_name == value.name:
@@ -245,19 +256,47 @@ class Graph:
     def adopt_op(self, op: Op, inputs: Sequence[Value | None], outputs: Sequence[Value | None]) -> Op:
         """Attaches a prepared op to already registered values (serde builds graphs this way,
         since ONNX files need not list nodes in dataflow order). None marks an omitted output."""
-        op.graph = self
-        self._ops[op] = next(self._order)
-        self._add_vertex(op)
-        for port, value in enumerate(inputs):
-            self._connect_input(op, port, value)
         op.inputs = tuple(inputs)
-        for port, value in enumerate(outputs):
-            if value is not None:
-                self._add_edge(op, value, port)
         op.outputs = tuple(outputs)  # type: ignore[arg-type]
-        if op.name:
-            self._names.add(op.name)
+        self.adopt_ops([op])
         return op
+
+    def adopt_ops(self, ops: Iterable[Op]) -> None:
+        """`adopt_op` for many new ops whose `inputs`/`outputs` tuples are already set to values
+        registered here (or, for inputs, visible from an outer scope). Writes networkx's adjacency
+        dicts in one pass, as `_add_vertex`/`_add_edge` would: loading adopts every op this way."""
+        succ, pred, attrs = self.nx._succ, self.nx._pred, self.nx._node
+        index, order, names = self._ops, self._order, self._names
+        for op in ops:
+            if op in succ:
+                raise GraphError(f"{op.label} is already in graph {self.name!r}")
+            op.graph = self
+            index[op] = next(order)
+            reads: dict = {}
+            writes: dict = {}
+            pred[op], succ[op], attrs[op] = reads, writes, {}
+            for port, value in enumerate(op.inputs):
+                if value is None:
+                    continue
+                if value.graph is self and value in succ:
+                    keys = reads.get(value)
+                    if keys is None:
+                        keys = reads[value] = succ[value][op] = {}
+                    keys[port] = {}
+                else:
+                    self._connect_input(op, port, value)
+            for port, value in enumerate(op.outputs):
+                if value is None:
+                    continue
+                if value not in succ:
+                    self._add_vertex(value)
+                keys = writes.get(value)
+                if keys is None:
+                    keys = writes[value] = pred[value][op] = {}
+                keys[port] = {}
+            if op.name:
+                names.add(op.name)
+        self._changed()
 
     def _adopt_output(self, out: str | Value) -> Value:
         if isinstance(out, Value):
@@ -319,6 +358,7 @@ class Graph:
         old = op.inputs[port] if port < len(op.inputs) else None
         if old is not None and old.graph is self:
             self.nx.remove_edge(old, op, key=port)
+            self._changed()
         inputs = list(op.inputs) + [None] * (port + 1 - len(op.inputs))
         inputs[port] = value
         while inputs and inputs[-1] is None:
@@ -346,6 +386,7 @@ class Graph:
                 del self._values[value.name]
                 self._names.discard(value.name)
                 self.nx.remove_node(value)
+        self._changed()
         op.graph = None
         for value in set(op.inputs):
             self._forget_outer_use(value)
@@ -394,6 +435,7 @@ class Graph:
         stale = [src for src, keys in self.nx._pred[op].items() if CAPTURE in keys]
         for src in stale:
             self.nx.remove_edge(src, op, key=CAPTURE)
+        self._changed()
         for value in self.captured_values(op):
             self._add_edge(value, op, CAPTURE)
 
@@ -419,7 +461,33 @@ class Graph:
 
     # ---- order --------------------------------------------------------------------------
     def topological_order(self) -> list[Op]:
-        """A topological order that keeps insertion order wherever dependencies allow (stable)."""
+        """A topological order that keeps insertion order wherever dependencies allow (stable).
+
+        Cached until the graph changes: loading computes it (to refuse cycles) and saving reuses it.
+        """
+        cache = self.nx.__networkx_cache__
+        order = cache.get(_ORDER_KEY)
+        if order is None:
+            order = self._insertion_order_if_sorted()
+            if order is None:
+                order = self._stable_order()
+            cache[_ORDER_KEY] = order
+        return list(order)
+
+    def _insertion_order_if_sorted(self) -> list[Op] | None:
+        """The ops in insertion order when every op comes after the producers it reads (most files
+        list nodes so): then that is exactly the stable order, found without the heap."""
+        pred = self.nx._pred
+        placed: set[Op] = set()
+        for op in self._ops:
+            for value in pred[op]:
+                for producer in pred[value]:
+                    if producer not in placed:
+                        return None
+            placed.add(op)
+        return list(self._ops)
+
+    def _stable_order(self) -> list[Op]:
         pred, succ = self.nx._pred, self.nx._succ
         indegree: dict[Op, int] = {}
         ready = []
@@ -442,12 +510,6 @@ class Graph:
             stuck = sorted(op.label for op, deg in indegree.items() if deg > 0)
             raise GraphError(f"the graph has a cycle through {', '.join(stuck[:5])}")
         return order
-
-    def _op_reads(self, op: Op) -> set[Value]:
-        return set(self.nx._pred[op])
-
-    def _successor_ops(self, op: Op) -> set[Op]:
-        return {succ for value in op.outputs if value is not None for succ in self.nx._succ[value]}
 
     def sort(self) -> None:
         """Renumbers ops in topological order, so export order follows dataflow."""
@@ -490,5 +552,6 @@ class Graph:
 def all_graphs(graph: Graph) -> Iterable[Graph]:
     yield graph
     for op in graph.ops:
-        for sub in op.subgraphs():
-            yield from all_graphs(sub)
+        if op.attrs:  # only attributes hold subgraphs; most ops have none
+            for sub in op.subgraphs():
+                yield from all_graphs(sub)

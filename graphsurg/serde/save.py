@@ -58,7 +58,7 @@ def save(
     target.parent.mkdir(parents=True, exist_ok=True)
     keep_placement = external_data is None and _has_external(model)
     if external_data is None:
-        external_data = wants_external(model)
+        external_data = keep_placement or _too_large_inline(model)
     location = _data_location(target, location) if external_data else None
     writer = ExternalWriter(target.parent / location, location, size_threshold, keep_placement) if location else None
     main = None
@@ -109,8 +109,10 @@ def _data_location(target: Path, location: str | None) -> str:
 
 def wants_external(model: Model) -> bool:
     """True when the model came with external data, or is too large for one protobuf."""
-    if _has_external(model):
-        return True
+    return _has_external(model) or _too_large_inline(model)
+
+
+def _too_large_inline(model: Model) -> bool:
     return sum(v.const.nbytes for g in all_graphs(model.graph) for v in g.initializers.values()) > _AUTO_EXTERNAL_BYTES
 
 
@@ -208,8 +210,9 @@ class _GraphWriter:
         return stream
 
     def _head(self, graph: Graph, gp: onnx.GraphProto) -> None:
+        add = gp.node.add
         for op in graph.topological_order():
-            self._node(op, gp.node.add())
+            self._node(op, add)
         gp.name = graph.name
 
     def _tail(self, graph: Graph, gp: onnx.GraphProto) -> None:
@@ -240,18 +243,21 @@ class _GraphWriter:
         else:
             proto.CopyFrom(tensor_to_proto(tensor, value.name))
 
-    def _node(self, op, node: onnx.NodeProto) -> None:
-        if op.rest_blob:
-            node.ParseFromString(op.rest_blob)
-        node.input.extend(v.name if v is not None else "" for v in op.inputs)
-        node.output.extend(v.name if v is not None else "" for v in op.outputs)
+    def _node(self, op, add) -> None:
+        """Appends the op's NodeProto with `add` (the graph's node.add). Its plain fields go in as
+        keywords, one call into protobuf; empty optional ones are left unset, as protobuf would
+        otherwise write them."""
+        fields = {"input": [v.name if v is not None else "" for v in op.inputs],
+                  "output": [v.name if v is not None else "" for v in op.outputs], "op_type": op.op_type}
         if op.name:
-            node.name = op.name
-        node.op_type = op.op_type
+            fields["name"] = op.name
         if op.domain:
-            node.domain = op.domain
+            fields["domain"] = op.domain
         if op.doc_string:
-            node.doc_string = op.doc_string
+            fields["doc_string"] = op.doc_string
+        node = add(**fields)
+        if op.rest_blob:
+            node.MergeFromString(op.rest_blob)
         for name, attr in op.attrs.items():
             self._attribute(name, attr, node.attribute.add())
 

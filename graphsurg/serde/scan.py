@@ -82,6 +82,8 @@ def _varint(buf, pos: int, end: int) -> tuple[int, int]:
 
 
 def encode_varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while True:
         bits = value & 0x7F
@@ -93,22 +95,38 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
+_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))  # most varints written (field keys, short lengths)
+
+
 def _fields(buf, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """(field number, wire type, field start, value start, value end) for each field."""
     pos = start
     while pos < end:
         field_start = pos
-        key, pos = _varint(buf, pos, end)
+        key = buf[pos]
+        if key < 0x80:  # one-byte keys and lengths are the common case: no call
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
         if number == 0:
             raise _Malformed
         if wire == 0:
             value_start = pos
-            _, pos = _varint(buf, pos, end)
+            if pos < end and buf[pos] < 0x80:
+                pos += 1
+            else:
+                _, pos = _varint(buf, pos, end)
         elif wire == 1:
             value_start, pos = pos, pos + 8
         elif wire == 2:
-            length, value_start = _varint(buf, pos, end)
+            if pos >= end:
+                raise _Malformed
+            length = buf[pos]
+            if length < 0x80:
+                value_start = pos + 1
+            else:
+                length, value_start = _varint(buf, pos, end)
             pos = value_start + length
         elif wire == 5:
             value_start, pos = pos, pos + 4
@@ -146,7 +164,8 @@ def _graph_skeleton(buf, start: int, end: int) -> tuple[list[bytes], dict[int, t
     for number, wire, field_start, value_start, value_end in _fields(buf, start, end):
         if number != _GRAPH_INITIALIZER or wire != 2:
             continue
-        raw = _liftable_raw(buf, value_start, value_end)
+        # a tensor smaller than the lifting threshold cannot hold a payload worth lifting
+        raw = _liftable_raw(buf, value_start, value_end) if value_end - value_start >= LIFT_MIN_BYTES else None
         if raw is not None:
             raw_field_start, raw_start, raw_end = raw
             tensor = bytes(buf[value_start:raw_field_start]) + bytes(buf[raw_end:value_end])

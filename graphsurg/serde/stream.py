@@ -239,6 +239,8 @@ def _split_header(header: onnx.TensorProto) -> tuple[bytes, bytes] | None:
     """The header's bytes before and after where raw_data goes, or None if protobuf does not
     order them as expected (then the tensor is serialized whole)."""
     full = header.SerializeToString(deterministic=True)
+    if all(field.number < _TENSOR_RAW_DATA for field, _ in header.ListFields()):
+        return full, b""  # the usual header (dims, type, name): nothing goes after the data
     rest = onnx.TensorProto()
     rest.CopyFrom(header)
     for field in _TENSOR_HEAD_FIELDS:

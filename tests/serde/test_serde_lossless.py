@@ -68,6 +68,22 @@ def test_rich_model_round_trips_byte_exact():
     assert round_trip_bytes(model) == canonical(model)
 
 
+def test_fields_the_ir_does_not_model_round_trip_byte_exact():
+    """Node, graph and model fields kept as serialized blobs, an optional one present but empty."""
+    model = rich_model()
+    custom, add = model.graph.node[1], model.graph.node[2]
+    custom.metadata_props.add(key="origin", value="unit-test")
+    add.overload = ""  # present though empty: written again
+    model.graph.metadata_props.add(key="graph-key", value="graph-value")
+    annotation = model.graph.quantization_annotation.add(tensor_name="h")
+    annotation.quant_parameter_tensor_names.add(key="SCALE_TENSOR", value="w")
+    model.training_info.add().algorithm.name = "training"
+    assert round_trip_bytes(model) == canonical(model)
+    loaded = serde.load(canonical(model))
+    assert loaded.graph.find_op("custom").rest_blob and loaded.graph.find_op("add_sparse").rest_blob
+    assert loaded.graph.find_op("call").rest_blob is None  # nothing to keep: no blob
+
+
 def test_rich_model_fields_in_the_ir():
     loaded = serde.load(canonical(rich_model()))
     assert loaded.ir_version == 8
