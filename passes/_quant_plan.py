@@ -77,10 +77,10 @@ def make_plan(graph: Graph, ops: Iterable[str], exclude: Iterable[str], per_chan
             plan.refused.append((op.label, "excluded by the exclude parameter"))
             continue
         target, reason = _target(graph, op, per_channel, weights_only, act_matmul)
-        if target is None:
-            plan.refused.append((op.label, reason))
-        else:
+        if target is not None:
             plan.targets.append(target)
+        elif reason:  # no reason: the op is not of the quantizable kind at all (a Gather of shapes)
+            plan.refused.append((op.label, reason))
     return plan
 
 
@@ -205,9 +205,9 @@ def _matmul(graph: Graph, op: Op, per_channel: bool, weights_only: bool, act_mat
 
 def _gather(graph: Graph, op: Op, per_channel: bool, _weights_only: bool, _act_matmul: bool):
     table = op.inputs[0]
-    problem = _weight_problem(graph, table, "table")
-    if problem:
-        return None, problem
+    array = weight_array(graph, table)
+    if array is None or array.dtype != np.float32 or array.ndim < 1:
+        return None, None  # indexing shapes or activations, not an embedding table: nothing to say
     readers = {c.op_type for c, _ in graph.consumers(table)} | ({"graph output"} if table in graph.outputs else set())
     if readers != {"Gather"} or any(port != 0 for _, port in graph.consumers(table)):
         return None, f"its table is also read by {', '.join(sorted(readers - {'Gather'}))}; left in float"

@@ -404,3 +404,15 @@ def test_layernorm_after_a_residual_add_gets_its_input_quantized_so_it_is_not_fu
     assert result.changes["quantized_ops"] == ["proj"]
     assert any(r["target"] == "ln" and "read by it alone" in r["reason"] for r in result.refused)
     assert pre.graph.find_op("ln").inputs[0].name == "s"
+
+
+def test_gathers_that_are_not_embedding_lookups_are_neither_quantized_nor_reported(tmp_path):
+    w = RNG.normal(size=(8, 8)).astype(np.float32)
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["batch"], name="shape_gather", axis=0),
+             helper.make_node("Gather", ["x", "idx"], ["cols"], name="activation_gather", axis=1),
+             helper.make_node("MatMul", ["cols", "w"], ["y"], name="mm")]
+    model = build(nodes, [tensor("x", ["n", 8])], [tensor("y", ["n", 8]), tensor("batch", [], TensorProto.INT64)],
+                  {"w": w, "zero": np.array(0, np.int64), "idx": np.arange(8, dtype=np.int64)})
+    result = quantize(model, data=save_data(tmp_path, x=RNG.normal(size=(8, 8)).astype(np.float32)))
+    assert result.changes["quantized_ops"] == ["mm"] and result.refused == []
