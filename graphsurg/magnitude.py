@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphsurg.diff.features import WeightSource, is_constant, is_dequantize
+from graphsurg.diff.weights import effective
 from graphsurg.ir import Graph, Model, Op, Value, dtypes
 
 Key = tuple[str, int]
@@ -77,27 +79,20 @@ def _fold(graph: Graph, weight: np.ndarray, bias: np.ndarray | None, bn: Op) -> 
 
 
 def _effective(graph: Graph, value: Value | None) -> np.ndarray | None:
+    """A float initializer as stored, or a DequantizeLinear of constants as the op sees it (the diff's
+    dequantization, so both tools value a quantized weight the same way)."""
     if value is None:
         return None
     if value.is_const:
         return value.const.numpy() if value.dtype in dtypes.FLOAT_CODES and value.const.size > 1 else None
     producer = graph.producer(value)
-    if producer is None or producer.op_type != "DequantizeLinear":
+    if not is_dequantize(producer) or not producer.inputs or producer.inputs[0] is None:
         return None
-    arrays = [graph.const_value(v) for v in producer.inputs]
-    if any(a is None for a in arrays[:2]):
-        return None
-    return _dequantize(producer, *arrays)
-
-
-def _dequantize(op: Op, q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None) -> np.ndarray:
-    axis = op.attr("axis", 1)
-    shift = np.zeros_like(scale, dtype=np.float64) if zero is None else zero.astype(np.float64)
-    if scale.ndim == 1 and scale.size > 1:
-        shape = [1] * q.ndim
-        shape[axis % q.ndim] = -1
-        scale, shift = scale.reshape(shape), shift.reshape(shape)
-    return ((q.astype(np.float64) - shift) * scale).astype(np.float32)
+    stored = producer.inputs[0]
+    if stored.is_const:
+        return effective(WeightSource(stored, dq=producer))
+    constant = graph.producer(stored)
+    return effective(WeightSource(stored, dq=producer, constant=constant)) if is_constant(constant) else None
 
 
 @dataclass
