@@ -49,20 +49,43 @@ def test_eligible_nodes_are_found(name):
     assert [op.name for op, _ in eligible_nodes(model.graph)] == ELIGIBLE[name]
 
 
+@pytest.mark.parametrize("split", ["divide", "zero"])
 @pytest.mark.parametrize(("name", "node"), CASES)
-def test_widening_preserves_the_function(name, node, x):
+def test_widening_preserves_the_function(name, node, split, x):
     model = load(name)
     before = run(model, x)[0]
     op = model.graph.find_op(node)
     units = model.graph.const_value(op.inputs[1]).shape[0 if op.op_type in ("Conv", "Gemm") else 1]
-    result = apply(model, f"widen{{node={node}}}")
+    result = apply(model, f"widen{{node={node},split={split}}}")
     change = result.changes
-    assert change["from"] == units and change["to"] == round(units * 1.5)
+    assert change["from"] == units and change["to"] == round(units * 1.5) and change["split"] == split
     assert len(change["copied_from"]) == change["to"] - units and len(result.arrays["mapping"]) == change["to"]
     assert set(result.touched) == set(change["parameters"]) and len(change["consumers"]) == 1
     after = run(model, x)[0]
-    assert max_diff(before, after) <= tolerance(before)
     assert np.array_equal(before.argmax(1), after.argmax(1))
+    if split == "zero":
+        assert np.array_equal(before, after)  # within the 1e-5 with no ulp allowance: bit for bit
+    else:
+        assert max_diff(before, after) <= tolerance(before)
+
+
+@pytest.mark.parametrize("factor", [2, 3.5, 8])
+@pytest.mark.parametrize(("name", "node"), CASES)
+def test_zero_split_is_bit_exact_at_any_width(name, node, factor, x):
+    model = load(name)
+    before = run(model, x)[0]
+    apply(model, f"widen{{node={node},factor={factor},split=zero}}")
+    assert np.array_equal(before, run(model, x)[0])
+
+
+def test_zero_split_keeps_the_originals_weights():
+    model = load("digits_mlp")
+    original = model.graph.const_value(model.graph.find_op("/net/net.5/Gemm").inputs[1]).copy()
+    result = apply(model, "widen{node=/net/net.3/Gemm,width=100,split=zero}")
+    weight = model.graph.const_value(model.graph.find_op("/net/net.5/Gemm").inputs[1])
+    assert weight.shape[1] == len(result.arrays["mapping"]) == 100
+    np.testing.assert_array_equal(weight[:, :64], original)  # (out, in): torch exports Gemm with transB=1
+    assert not weight[:, 64:].any()
 
 
 @pytest.mark.parametrize(("name", "node", "hidden"), [
