@@ -11,10 +11,20 @@ Layout (what onnxruntime's CPU provider fuses into integer kernels):
   DQ -> Conv -> [ReLU] -> Q becomes QLinearConv.
 - Gather on an embedding table: Gather reads the int8 table, DequantizeLinear follows it, so only
   the gathered rows are dequantized.
+
+What is inserted is written compactly, since on small models it outweighs the int8 weights:
+- all-zero zero points are left out (DequantizeLinear's default is 0: int32 biases, symmetric
+  weights), except where onnxruntime needs them to fuse: the weight of a Gemm (without it QGemm
+  does not form and the Gemm runs in float) and activations (without them neither QGemm nor
+  QLinearConv forms); the tests check this on onnxruntime's optimized graph. Equal zero points
+  share one initializer.
+- inserted values get short generated names (q0, q1, ...) and inserted ops no name; the change
+  record maps every weight to its int8 initializer.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +66,33 @@ class QDQWriter:
         self._dq_source: dict[Value, str] = {}  # DQ output -> the qparams key of the tensor it stands for
         self._weights: dict[tuple[str, int | None], tuple[Value, QuantizedWeight]] = {}
         self._float_weights: set[Value] = set()
+        self._zero_points: dict[tuple[str, tuple[int, ...], bytes], Value] = {}
+        self._serial = itertools.count()
         self.dropped: list[str] = []
+
+    # ---- names and shared constants --------------------------------------------------------
+    def name(self) -> str:
+        """A short fresh name for an inserted value."""
+        return self.graph.fresh_name(f"q{next(self._serial)}")
+
+    def constant(self, array: np.ndarray) -> Value:
+        return self.graph.add_initializer(self.name(), array)
+
+    def zero_point(self, array: np.ndarray, required: bool) -> Value | None:
+        """The zero-point input: None when it is all zero and not `required`; one initializer per
+        distinct zero point (dtype, shape and values) otherwise."""
+        array = np.asarray(array)
+        if not required and not array.any():
+            return None
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._zero_points:
+            self._zero_points[key] = self.constant(array)
+        return self._zero_points[key]
+
+    def dequantize(self, x: Value, scale: Value, zero_point: Value | None, axis: int | None = None) -> Value:
+        inputs = [x, scale] if zero_point is None else [x, scale, zero_point]
+        dq = self.graph.add_op("DequantizeLinear", inputs, [self.name()], attrs={} if axis is None else {"axis": axis})
+        return dq.outputs[0]
 
     # ---- activations ---------------------------------------------------------------------
     def activation(self, value: Value) -> Value:
@@ -67,14 +103,10 @@ class QDQWriter:
         if value in self._dq_source:  # already the DQ of a tensor quantized for every reader
             return value
         scale, zero_point = self.qparams[value.name]
-        base = value.name
-        s = self.graph.add_initializer(f"{base}_scale", np.asarray(scale, np.float32))
-        z = self.graph.add_initializer(f"{base}_zero_point", np.asarray(zero_point))
-        q = self.graph.add_op("QuantizeLinear", [value, s, z], [self.graph.fresh_name(f"{base}_quantized")],
-                              name=f"{base}_QuantizeLinear")
-        dq = self.graph.add_op("DequantizeLinear", [q.outputs[0], s, z],
-                               [self.graph.fresh_name(f"{base}_dequantized")], name=f"{base}_DequantizeLinear")
-        out = dq.outputs[0]
+        s = self.constant(np.asarray(scale, np.float32))
+        z = self.zero_point(np.asarray(zero_point), required=True)
+        q = self.graph.add_op("QuantizeLinear", [value, s, z], [self.name()])
+        out = self.dequantize(q.outputs[0], s, z)
         out.dtype, out.shape = value.dtype, value.shape
         self._act[value.name] = out
         self._dq_source[out] = value.name
@@ -101,29 +133,23 @@ class QDQWriter:
         return float(self.qparams[self._dq_source[self.activation(value)]][0])
 
     # ---- weights ---------------------------------------------------------------------------
-    def weight(self, value: Value, axis: int | None, min_scale: np.ndarray | None = None,
-               dq_axis: int | None = None) -> tuple[Value, QuantizedWeight]:
+    def weight(self, value: Value, axis: int | None,
+               min_scale: np.ndarray | None = None) -> tuple[Value, QuantizedWeight]:
         """int8 initializer + DequantizeLinear for a weight (shared per weight and axis)."""
         key = (value.name, axis)
         if key in self._weights:
             return self._weights[key]
         qw = quantize_weight(value.const.numpy(), axis, self.settings.symmetric_weights, self.settings.mse_weights,
                              min_scale, pair_safe=self.settings.pair_safe and self.settings.act_dtype is not None)
-        q_init, dq_out = self._dequantize(value.name, qw, dq_axis if dq_axis is not None else axis)
+        q_init = self.constant(qw.q)
+        # QGemm forms only from a weight DequantizeLinear with an explicit zero point
+        gemm = any(op.op_type == "Gemm" for op, _ in self.graph.consumers(value))
+        dq_out = self.dequantize(q_init, self.constant(qw.scale), self.zero_point(qw.zero_point, required=gemm),
+                                 axis if qw.axis is not None else None)
         self._weights[key] = (dq_out, qw)
         self._float_weights.add(value)
         self.log.weights[value.name] = {"axis": axis, "int8": q_init.name, **qw.report}
         return dq_out, qw
-
-    def _dequantize(self, base: str, qw: QuantizedWeight, axis: int | None) -> tuple[Value, Value]:
-        g = self.graph
-        q_init = g.add_initializer(f"{base}_quantized", qw.q)
-        s = g.add_initializer(f"{base}_scale", qw.scale)
-        z = g.add_initializer(f"{base}_zero_point", qw.zero_point)
-        attrs = {"axis": axis} if qw.axis is not None else {}
-        dq = g.add_op("DequantizeLinear", [q_init, s, z], [g.fresh_name(f"{base}_dequantized")], attrs=attrs,
-                      name=f"{base}_DequantizeLinear")
-        return q_init, dq.outputs[0]
 
     def table(self, value: Value, axis: int | None) -> tuple[Value, QuantizedWeight]:
         """The int8 copy of an embedding table (shared by every Gather that reads it)."""
@@ -131,28 +157,23 @@ class QDQWriter:
         if key not in self._weights:
             qw = quantize_weight(value.const.numpy(), axis, self.settings.symmetric_weights,
                                  self.settings.mse_weights)
-            q_init = self.graph.add_initializer(f"{value.name}_quantized", qw.q)
+            q_init = self.constant(qw.q)
             self._weights[key] = (q_init, qw)
             self._float_weights.add(value)
             self.log.weights[value.name] = {"axis": axis, "int8": q_init.name, **qw.report}
         return self._weights[key]
 
     def bias(self, value: Value, scale: np.ndarray) -> Value:
-        """int32 bias with scale act_scale * weight_scale (zero point 0), the layout QLinearConv/QGemm take.
-
-        A scalar `scale` (per-tensor weights) stays scalar, so no `axis` (opset 13) is needed."""
+        """int32 bias with scale act_scale * weight_scale (zero point 0, left out), the layout
+        QLinearConv/QGemm take. A scalar `scale` (per-tensor weights) stays scalar, so no `axis`
+        (opset 13) is needed."""
         b = value.const.numpy().astype(np.float64)
         scale = np.asarray(scale, np.float64).astype(np.float32)
         q = quantize_array(b, scale.astype(np.float64), 0, -INT32_MAX, INT32_MAX, np.int32)
-        g = self.graph
-        q_init = g.add_initializer(f"{value.name}_quantized", q)
-        s = g.add_initializer(f"{value.name}_scale", scale)
-        z = g.add_initializer(f"{value.name}_zero_point", np.zeros(scale.shape, np.int32))
-        dq = g.add_op("DequantizeLinear", [q_init, s, z], [g.fresh_name(f"{value.name}_dequantized")],
-                      attrs={"axis": 0} if scale.ndim else {}, name=f"{value.name}_DequantizeLinear")
+        out = self.dequantize(self.constant(q), self.constant(scale), None, 0 if scale.ndim else None)
         self._float_weights.add(value)
         self.log.int32_biases.append(value.name)
-        return dq.outputs[0]
+        return out
 
     def drop_unused_float_weights(self) -> list[str]:
         for value in self._float_weights:
@@ -204,17 +225,11 @@ def _bias_floor(op: Op, target: Target, x_scale: float | None) -> np.ndarray | N
 def _write_gather(writer: QDQWriter, op: Op, target: Target) -> None:
     """Gather(int8 table) -> DequantizeLinear(axis -1): only the gathered rows are dequantized."""
     graph = writer.graph
-    table = op.inputs[0]
-    q_init, qw = writer.table(table, target.weight_axis)
+    q_init, qw = writer.table(op.inputs[0], target.weight_axis)
     out = op.outputs[0]
-    gathered = graph.add_op("Gather", [q_init, op.inputs[1]], [graph.fresh_name(f"{out.name}_quantized")],
-                            attrs={"axis": int(op.attr("axis", 0))}, name=f"{op.name or out.name}_int8")
-    s = graph.add_initializer(f"{table.name}_scale", qw.scale)
-    z = graph.add_initializer(f"{table.name}_zero_point", qw.zero_point)
-    attrs = {"axis": -1} if qw.axis is not None else {}
-    dq = graph.add_op("DequantizeLinear", [gathered.outputs[0], s, z], [graph.fresh_name(f"{out.name}_dq")],
-                      attrs=attrs, name=f"{out.name}_DequantizeLinear")
-    new = dq.outputs[0]
+    gathered = graph.add_op("Gather", [q_init, op.inputs[1]], [writer.name()], attrs={"axis": int(op.attr("axis", 0))})
+    new = writer.dequantize(gathered.outputs[0], writer.constant(qw.scale),
+                            writer.zero_point(qw.zero_point, required=False), -1 if qw.axis is not None else None)
     new.dtype, new.shape = out.dtype, out.shape
     name = out.name
     graph.replace_all_uses(out, new)
