@@ -48,7 +48,7 @@ def command(ctx: click.Context, models: tuple[str, ...], as_json: bool, html_pat
             raise UsageError("--textconv takes one model and no other arguments")
         from graphsurg.diff.textconv import textconv
 
-        click.echo(textconv(serde.load(textconv_path)), nl=False)
+        click.echo(textconv(serde.load(textconv_path, detach_external=True)), nl=False)
         return
     if len(models) != 2:
         raise UsageError(f"diff needs two models (got {len(models)}); or --textconv MODEL")

@@ -3,7 +3,9 @@
 Deterministic and line-oriented so that a line-based diff of two versions is readable: a header,
 the interface, one line per initializer (dtype, shape, content hash and summary statistics, never
 the raw values of a large tensor) and one line per op in topological order, If/Loop/Scan bodies
-indented below their op. The same file always gives the same text.
+indented below their op. The same file always gives the same text. Weights in external data files
+are shown by location, not by content: git hands textconv a lone temporary copy of the old model
+file, so their data is not at hand on that side (the data file's own diff shows changed bytes).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 from graphsurg.diff.features import digest, tensor_digest
 from graphsurg.diff.weights import as_float
-from graphsurg.ir import Attr, Graph, Model, Op, Tensor, Value, dtypes
+from graphsurg.ir import Attr, DetachedTensor, Graph, Model, Op, Tensor, Value, dtypes
 
 _INLINE_ELEMENTS = 8  # tensors this small are printed by value
 
@@ -87,6 +89,8 @@ def _attr(attr: Attr) -> str:
 
 def _tensor(tensor: Tensor) -> str:
     head = f"{dtypes.name_of(tensor.dtype)}[{','.join(str(d) for d in tensor.shape)}]"
+    if isinstance(tensor, DetachedTensor):
+        return f"{head} external={_quote(tensor.location)}"  # offsets are layout: one resized tensor moves all
     array = as_float(tensor)
     if tensor.size <= _INLINE_ELEMENTS and array is not None:
         return f"{head} = {np.array2string(tensor.numpy().reshape(-1), separator=', ', precision=8)}"

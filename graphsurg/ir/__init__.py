@@ -7,6 +7,7 @@ from graphsurg.ir.nodes import Attr, Op, Value
 from graphsurg.ir.tensor import (
     ArrayTensor,
     DeferredTensor,
+    DetachedTensor,
     ExternalLocation,
     ExternalTensor,
     MappedTensor,
@@ -15,6 +16,6 @@ from graphsurg.ir.tensor import (
 )
 
 __all__ = [
-    "ArrayTensor", "Attr", "DeferredTensor", "ExternalLocation", "ExternalTensor", "Graph", "GraphError",
-    "MappedTensor", "Model", "Op", "SourceFile", "Tensor", "Value", "all_graphs", "dtypes",
+    "ArrayTensor", "Attr", "DeferredTensor", "DetachedTensor", "ExternalLocation", "ExternalTensor", "Graph",
+    "GraphError", "MappedTensor", "Model", "Op", "SourceFile", "Tensor", "Value", "all_graphs", "dtypes",
 ]

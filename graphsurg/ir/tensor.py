@@ -78,6 +78,19 @@ class DeferredTensor(Tensor):
         return self._array
 
 
+class DetachedTensor(Tensor):
+    """An external tensor loaded without its data file (`serde.load(..., detach_external=True)`):
+    dtype, shape and where the bytes are are known; reading them is an error."""
+
+    def __init__(self, dtype: int, shape: tuple[int, ...], location: str, offset: int, length: int):
+        self.dtype = dtype
+        self.shape = shape
+        self.location, self.offset, self.length = location, offset, length
+
+    def numpy(self) -> np.ndarray:
+        raise FileNotFoundError(f"external data in {self.location!r} was not loaded (detached)")
+
+
 @dataclass(frozen=True)
 class ExternalLocation:
     """Where a file-backed tensor's bytes are: an absolute file path, an offset and a length."""

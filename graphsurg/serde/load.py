@@ -33,8 +33,13 @@ _ATTR_KINDS = {
 }
 
 
-def load(source: str | os.PathLike | bytes | onnx.ModelProto, base_dir: str | None = None) -> Model:
+def load(source: str | os.PathLike | bytes | onnx.ModelProto, base_dir: str | None = None,
+         *, detach_external: bool = False) -> Model:
     """Loads a model from a path, serialized bytes or a ModelProto; weights stay lazy.
+
+    `detach_external`: external data files are neither opened nor required; their tensors keep
+    dtype, shape and location but cannot be read. For views that must not depend on whether the
+    data is at hand, such as git's textconv (which gets a lone temporary copy of the old model file).
 
     From a path, large inline weights are not parsed at all: they stay in the file, memory-mapped
     on demand (see serde/scan.py), so loading costs the size of the graph, not of the weights.
@@ -48,7 +53,7 @@ def load(source: str | os.PathLike | bytes | onnx.ModelProto, base_dir: str | No
                 base_dir = str(Path(source).resolve().parent)
         else:
             proto = parse(source)
-        return from_proto(proto, base_dir, _payloads=payloads)
+        return from_proto(proto, base_dir, _payloads=payloads, detach_external=detach_external)
 
 
 @contextlib.contextmanager
@@ -130,9 +135,10 @@ def _check_envelope(proto: onnx.ModelProto, label: str) -> None:
         raise BadInputError(f"{label}: not a valid ONNX model (no opset imports; the file may be truncated)")
 
 
-def from_proto(proto: onnx.ModelProto, base_dir: str | None = None, _payloads: dict | None = None) -> Model:
+def from_proto(proto: onnx.ModelProto, base_dir: str | None = None, _payloads: dict | None = None,
+               detach_external: bool = False) -> Model:
     """The IR of a parsed model. `base_dir` resolves external data locations."""
-    graph = _graph_from_proto(proto.graph, None, base_dir, _payloads)
+    graph = _graph_from_proto(proto.graph, None, base_dir, detach_external, _payloads)
     try:
         _check_acyclic(graph)
     except GraphError as exc:
@@ -223,12 +229,12 @@ _GRAPH_REST = _Unmodeled(onnx.GraphProto, _GRAPH_MODELED)
 _MODEL_REST = _Unmodeled(onnx.ModelProto, _MODEL_MODELED)
 
 
-def _graph_from_proto(gp: onnx.GraphProto, parent: Graph | None, base_dir: str | None,
+def _graph_from_proto(gp: onnx.GraphProto, parent: Graph | None, base_dir: str | None, detach: bool,
                       payloads: dict | None = None) -> Graph:
     graph = Graph(gp.name, parent)
     graph.doc_string = gp.doc_string
     graph.rest_blob = _GRAPH_REST.blob(gp)
-    _load_initializers(graph, gp, base_dir, payloads or {})
+    _load_initializers(graph, gp, base_dir, detach, payloads or {})
     for vi in gp.input:
         value = graph.initializers.get(vi.name) or _new_value(graph, vi.name, "graph input")
         read_value_info(value, vi)
@@ -240,7 +246,7 @@ def _graph_from_proto(gp: onnx.GraphProto, parent: Graph | None, base_dir: str |
         for name in outputs:
             if name:
                 _new_value(graph, name, node)
-    ops = [_op_from_node(graph, node, inputs, outputs, base_dir)
+    ops = [_op_from_node(graph, node, inputs, outputs, base_dir, detach)
            for node, (inputs, outputs) in zip(nodes, wiring, strict=True)]
     graph.adopt_ops(ops)
     for op in ops:
@@ -280,22 +286,23 @@ def _new_value(graph: Graph, name: str, what: str | onnx.NodeProto) -> Value:
     return graph._register_value(Value(name))
 
 
-def _load_initializers(graph: Graph, gp: onnx.GraphProto, base_dir: str | None, payloads: dict) -> None:
+def _load_initializers(graph: Graph, gp: onnx.GraphProto, base_dir: str | None, detach: bool,
+                       payloads: dict) -> None:
     for index, tp in enumerate(gp.initializer):
         if tp.name in graph.initializers:
             raise BadInputError(f"initializer {tp.name!r} is defined twice")
-        graph.add_initializer(tp.name, tensor_from_proto(tp, base_dir, payloads.get(index)), fresh=False)
+        graph.add_initializer(tp.name, tensor_from_proto(tp, base_dir, payloads.get(index), detach), fresh=False)
     for sp in gp.sparse_initializer:
         from graphsurg.serde.sparse import sparse_tensor_from_proto
 
         name = sp.values.name
         if name in graph.initializers:
             raise BadInputError(f"initializer {name!r} is defined twice")
-        graph.add_initializer(name, sparse_tensor_from_proto(sp, base_dir), fresh=False)
+        graph.add_initializer(name, sparse_tensor_from_proto(sp, base_dir, detach), fresh=False)
 
 
 def _op_from_node(graph: Graph, node: onnx.NodeProto, input_names: list[str], output_names: list[str],
-                  base_dir: str | None) -> Op:
+                  base_dir: str | None, detach: bool) -> Op:
     """The op of a node, its inputs and outputs resolved (every node's outputs are registered
     first, since files need not list nodes in dataflow order); `Graph.adopt_ops` wires it."""
     local = graph._values
@@ -314,11 +321,11 @@ def _op_from_node(graph: Graph, node: onnx.NodeProto, input_names: list[str], ou
             outputs=tuple(local[name] if name else None for name in output_names), doc_string=node.doc_string)
     op.rest_blob = _NODE_REST.blob(node)
     if node.attribute:
-        op.attrs = {a.name: _attr_from_proto(a, graph, base_dir) for a in node.attribute}
+        op.attrs = {a.name: _attr_from_proto(a, graph, base_dir, detach) for a in node.attribute}
     return op
 
 
-def _attr_from_proto(attr: onnx.AttributeProto, graph: Graph, base_dir: str | None) -> Attr:
+def _attr_from_proto(attr: onnx.AttributeProto, graph: Graph, base_dir: str | None, detach: bool) -> Attr:
     kind = _ATTR_KINDS.get(attr.type)
     if kind is None or attr.ref_attr_name:
         return Attr("opaque", attr.SerializeToString(deterministic=True))
@@ -336,9 +343,9 @@ def _attr_from_proto(attr: onnx.AttributeProto, graph: Graph, base_dir: str | No
     elif kind == "strings":
         value = list(attr.strings)
     elif kind == "tensor":
-        value = tensor_from_proto(attr.t, base_dir)
+        value = tensor_from_proto(attr.t, base_dir, detach=detach)
     elif kind == "graph":
-        value = _graph_from_proto(attr.g, graph, base_dir)
+        value = _graph_from_proto(attr.g, graph, base_dir, detach)
     else:
-        value = [_graph_from_proto(g, graph, base_dir) for g in attr.graphs]
+        value = [_graph_from_proto(g, graph, base_dir, detach) for g in attr.graphs]
     return Attr(kind, value, doc_string=attr.doc_string)

@@ -29,9 +29,10 @@ def _densify(proto: onnx.SparseTensorProto):
     return dense
 
 
-def sparse_tensor_from_proto(proto: onnx.SparseTensorProto, base_dir: str | None) -> SparseProtoTensor:
-    values = tensor_from_proto(proto.values, base_dir)
+def sparse_tensor_from_proto(proto: onnx.SparseTensorProto, base_dir: str | None,
+                             detach: bool = False) -> SparseProtoTensor:
+    values = tensor_from_proto(proto.values, base_dir, detach=detach)
     if len(values.shape) != 1:
         raise BadInputError(f"sparse initializer {proto.values.name!r}: values must be 1-D")
-    tensor_from_proto(proto.indices, base_dir)
+    tensor_from_proto(proto.indices, base_dir, detach=detach)
     return SparseProtoTensor(proto)

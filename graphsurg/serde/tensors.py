@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from graphsurg.errors import BadInputError
 from graphsurg.ir import (
     DeferredTensor,
+    DetachedTensor,
     ExternalLocation,
     ExternalTensor,
     MappedTensor,
@@ -75,11 +76,12 @@ def raw_payload(tensor: Tensor) -> bytes | memoryview:
 
 
 def tensor_from_proto(proto: onnx.TensorProto, base_dir: str | None,
-                      payload: tuple[SourceFile, int, int] | None = None) -> Tensor:
+                      payload: tuple[SourceFile, int, int] | None = None, detach: bool = False) -> Tensor:
     """Builds a lazy tensor, refusing data whose size disagrees with the declared shape.
 
     `payload` (source, offset, length) is the raw data of a tensor whose proto came without it
-    because the loader left it in the model file.
+    because the loader left it in the model file. `detach`: an external tensor's data file is
+    neither opened nor required (see `load`).
     """
     shape = _shape(proto)
     if shape and min(shape) < 0:
@@ -90,7 +92,7 @@ def tensor_from_proto(proto: onnx.TensorProto, base_dir: str | None,
     if payload is not None:
         tensor: Tensor = _file_tensor(proto, payload, count)
     elif proto.data_location == onnx.TensorProto.EXTERNAL:
-        tensor = _external_tensor(proto, base_dir, count)
+        tensor = _external_tensor(proto, base_dir, count, detach)
     else:
         _check_inline_size(proto, count)
         tensor = ProtoTensor(proto)
@@ -145,7 +147,8 @@ def _file_tensor(proto: onnx.TensorProto, payload: tuple[SourceFile, int, int], 
     return ProtoFileTensor(proto, ExternalLocation(source.path, offset, length), source)
 
 
-def _external_tensor(proto: onnx.TensorProto, base_dir: str | None, count: int) -> ExternalTensor:
+def _external_tensor(proto: onnx.TensorProto, base_dir: str | None, count: int,
+                     detach: bool) -> ExternalTensor | DetachedTensor:
     name = proto.name or "<unnamed>"
     info = {entry.key: entry.value for entry in proto.external_data}
     location = info.get("location")
@@ -153,7 +156,7 @@ def _external_tensor(proto: onnx.TensorProto, base_dir: str | None, count: int) 
         raise BadInputError(f"tensor {name!r} is external but names no location")
     if base_dir is None:
         raise BadInputError(f"tensor {name!r} has external data but the model was not loaded from a file")
-    path = resolve_external_path(base_dir, location, name)
+    path = resolve_external_path(base_dir, location, name, must_exist=not detach)
     expected = dtypes.nbytes(proto.data_type, count)
     try:
         offset = int(info.get("offset", 0))
@@ -162,6 +165,8 @@ def _external_tensor(proto: onnx.TensorProto, base_dir: str | None, count: int) 
         raise BadInputError(f"tensor {name!r} has a non-numeric external offset or length") from None
     if length != expected:
         raise BadInputError(f"tensor {name!r} declares {expected} bytes but its external length is {length}")
+    if detach:
+        return DetachedTensor(proto.data_type, _shape(proto), location, offset, length)
     source = SourceFile.open(path)
     size = source.size()
     if offset < 0 or offset + length > size:
@@ -171,7 +176,7 @@ def _external_tensor(proto: onnx.TensorProto, base_dir: str | None, count: int) 
     return ExternalTensor(proto.data_type, _shape(proto), ExternalLocation(path, offset, length), source)
 
 
-def resolve_external_path(base_dir: str, location: str, tensor_name: str) -> str:
+def resolve_external_path(base_dir: str, location: str, tensor_name: str, must_exist: bool = True) -> str:
     """The absolute path of an external data file; refuses locations outside the model's folder."""
     if "\0" in location:
         raise BadInputError(f"tensor {tensor_name!r}: external data location {location!r} holds a NUL byte")
@@ -185,7 +190,7 @@ def resolve_external_path(base_dir: str, location: str, tensor_name: str) -> str
         raise BadInputError(
             f"tensor {tensor_name!r}: external data location {location!r} links outside the model's folder"
         )
-    if not os.path.isfile(resolved):
+    if must_exist and not os.path.isfile(resolved):
         raise BadInputError(f"tensor {tensor_name!r}: external data file {location!r} is missing")
     return resolved
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 
 from graphsurg.cli import main
@@ -100,9 +101,12 @@ def test_textconv_is_stable(tmp_path, capsys):
                in line for line in lines)
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-def test_git_diff_uses_textconv(tmp_path, edited):
-    """The README's setup: .gitattributes marks *.onnx, git config names the textconv command."""
+@pytest.fixture
+def git_repo(tmp_path):
+    """A fresh repository set up as the README says: .gitattributes marks *.onnx, git config names
+    the textconv command. Returns a function running git in it."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
     repo = tmp_path / "repo"
     repo.mkdir()
     env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(tmp_path), "GIT_AUTHOR_NAME": "t",
@@ -114,13 +118,43 @@ def test_git_diff_uses_textconv(tmp_path, edited):
     git("init", "-q")
     git("config", "diff.onnx.textconv", f"{sys.executable} -m graphsurg diff --textconv")
     (repo / ".gitattributes").write_text("*.onnx diff=onnx\n")
-    shutil.copy(MLP, repo / "model.onnx")
-    git("add", ".")
-    git("commit", "-q", "-m", "model")
-    shutil.copy(edited, repo / "model.onnx")
-    patch = git("diff")
-    changed = [line for line in patch.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    git.repo = repo
+    return git
+
+
+def save_external(proto: onnx.ModelProto, path: Path) -> None:
+    Path(f"{path}.data").unlink(missing_ok=True)  # onnx.save appends to an existing data file
+    onnx.save(proto, path, save_as_external_data=True, location=f"{path.name}.data", size_threshold=0)
+
+
+def _changed_lines(patch: str) -> list[str]:
+    return [line for line in patch.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+
+
+def test_git_diff_uses_textconv(git_repo, edited):
+    shutil.copy(MLP, git_repo.repo / "model.onnx")
+    git_repo("add", ".")
+    git_repo("commit", "-q", "-m", "model")
+    shutil.copy(edited, git_repo.repo / "model.onnx")
+    patch = git_repo("diff")
+    changed = _changed_lines(patch)
     assert any(line.startswith("-init net.5.weight: float32[10,64]") for line in changed)
     assert any(line.startswith("+init net.5.weight: float32[10,64]") for line in changed)
     assert any(line.startswith("-/net/net.2/Relu_output_0 = Relu(") for line in changed)
     assert "Binary files" not in patch
+
+
+def test_git_diff_of_a_model_with_external_data(git_repo, edited):
+    """git hands textconv a lone temporary copy of the old model file, without its data file beside
+    it: external weights are shown by location on both sides, so only real changes differ."""
+    model = git_repo.repo / "model.onnx"
+    save_external(E.load("digits_mlp"), model)
+    git_repo("add", ".")
+    git_repo("commit", "-q", "-m", "model")
+    save_external(E.remove_node(E.load("digits_mlp"), "/net/net.2/Relu"), model)
+    patch = git_repo("diff", "--", "model.onnx")
+    changed = _changed_lines(patch)
+    assert any(line.startswith("-/net/net.2/Relu_output_0 = Relu(") for line in changed)
+    assert not any(line[1:].startswith("init ") for line in changed)  # same layout, same lines
+    assert 'init net.5.weight: float32[10,64] external="model.onnx.data"' in patch
+    assert "Binary files" not in patch and "error" not in patch

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphsurg import serde
 from graphsurg.errors import BadInputError
-from graphsurg.ir import ExternalTensor, MappedTensor
+from graphsurg.ir import DetachedTensor, ExternalTensor, MappedTensor
 from graphsurg.pipeline import make_pass, run_passes
 from graphsurg.serde.stream import Stream
 
@@ -170,6 +170,33 @@ def test_typed_field_tensors_stay_inline_when_saving_external(tmp_path, run_ort,
     onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
     feeds = {"x0": np.ones((1, 16), np.float32)}
     assert same_outputs(run_ort(tmp_path / "m.onnx", feeds), run_ort(model.SerializeToString(), feeds))
+
+
+def test_detached_load_needs_no_data_file(tmp_path):
+    """A model file copied alone (what git hands textconv) loads with `detach_external`: shapes and
+    locations are there, reading a weight says why it cannot, and a default load still refuses."""
+    src, arrays = random_external_model(tmp_path / "src")
+    alone = tmp_path / "alone" / "model.onnx"
+    alone.parent.mkdir()
+    alone.write_bytes(src.read_bytes())
+    with pytest.raises(BadInputError, match="is missing"):
+        serde.load(alone)
+    model = serde.load(alone, detach_external=True)
+    for name, array in arrays.items():
+        tensor = model.graph.initializers[name].const
+        assert isinstance(tensor, DetachedTensor) and tensor.shape == array.shape
+        assert tensor.location == "model.onnx.data" and tensor.length == array.nbytes
+        with pytest.raises(FileNotFoundError, match="not loaded"):
+            tensor.numpy()
+    assert not any(isinstance(v.const, DetachedTensor) for v in serde.load(src).graph.initializers.values())
+
+
+def test_detached_load_still_refuses_locations_outside_the_folder(tmp_path):
+    model = matmul_chain(["w"], 4, [external_header("w", [4, 4], "../outside.data", 0, 64)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    with pytest.raises(BadInputError, match="escapes the model's folder"):
+        serde.load(path, detach_external=True)
 
 
 @pytest.mark.parametrize("location", ["../escape.data", "/tmp/absolute.data"])
