@@ -72,8 +72,8 @@ class QDQWriter:
 
     # ---- names and shared constants --------------------------------------------------------
     def name(self) -> str:
-        """A short fresh name for an inserted value."""
-        return self.graph.fresh_name(f"q{next(self._serial)}")
+        """A short name for an inserted value (the graph makes it unique when it is added)."""
+        return f"q{next(self._serial)}"
 
     def constant(self, array: np.ndarray) -> Value:
         return self.graph.add_initializer(self.name(), array)
