@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,11 @@ class Recipe:
     recovery: RecoverySection = field(default_factory=RecoverySection)
     output: OutputSection = field(default_factory=OutputSection)
     seed: int = 0
+    final_recovery: RecoverySection | None = None  # [recovery] with [recovery.final]'s keys on top
+
+    def __post_init__(self) -> None:
+        if self.final_recovery is None:
+            self.final_recovery = self.recovery
 
 
 class RecipeError(BadInputError):
@@ -119,7 +124,7 @@ class _Locator:
         section_line, in_section = None, len(keys) <= 1
         for number, line in enumerate(self.lines, 1):
             stripped = line.strip()
-            if len(keys) > 1 and re.match(rf"^\[\[?\s*{re.escape(keys[0])}\s*\]\]?", stripped):
+            if len(keys) > 1 and re.match(rf"^\[\[?\s*{re.escape('.'.join(keys[:-1]))}\s*\]\]?", stripped):
                 section_line, in_section = number, True
                 continue
             if stripped.startswith("[") and len(keys) > 1 and section_line:
@@ -158,16 +163,31 @@ def _build(raw: dict[str, Any], loc: _Locator, base: Path, path: Path) -> Recipe
                         "infinite, so there is no finite reference to degrade from; use mse, cosine or kl")
     if budget.metric not in METRICS:
         raise loc.error(("budget", "metric"), f"unknown metric {budget.metric!r}; valid: {', '.join(METRICS)}")
-    recovery = _section(raw.get("recovery", {}), RecoverySection, ("recovery",), loc, base)
-    if recovery.train not in ("all", "head", "touched"):
-        raise loc.error(("recovery", "train"), "expected all, head or touched")
+    recovery, final_recovery = _recovery_sections(raw.get("recovery", {}), loc, base)
     output = _section(raw.get("output", {}), OutputSection, ("output",), loc, base, must_exist=False)
     steps = _steps(raw.get("pipeline", []), loc)
     seed = _typed(raw.get("seed", 0), int, ("seed",), loc)
-    recipe = Recipe(path, model, steps, data, budget, recovery, output, seed)
+    recipe = Recipe(path, model, steps, data, budget, recovery, output, seed, final_recovery)
     _check_values(recipe, loc)
     _check_data(recipe, loc)
     return recipe
+
+
+def _recovery_sections(raw: Any, loc: _Locator, base: Path) -> tuple[RecoverySection, RecoverySection]:
+    """[recovery] and the final recovery's settings: [recovery.final] overrides some of its keys for
+    the recovery after the last step (often a gentler one: it starts from a recovered model)."""
+    final_raw = raw.get("final", {}) if isinstance(raw, dict) else {}
+    recovery = _section({k: v for k, v in raw.items() if k != "final"} if isinstance(raw, dict) else raw,
+                        RecoverySection, ("recovery",), loc, base)
+    typed = _section(final_raw, RecoverySection, ("recovery", "final"), loc, base)
+    if "enabled" in final_raw:
+        raise loc.error(("recovery", "final", "enabled"), "not here: [recovery] enabled turns the final recovery "
+                        "on or off")
+    final = replace(recovery, **{key: getattr(typed, key) for key in final_raw})
+    for keys, section in ((("recovery",), recovery), (("recovery", "final"), final)):
+        if section.train not in ("all", "head", "touched"):
+            raise loc.error((*keys, "train"), "expected all, head or touched")
+    return recovery, final
 
 
 def _check_values(recipe: Recipe, loc: _Locator) -> None:
@@ -177,14 +197,17 @@ def _check_values(recipe: Recipe, loc: _Locator) -> None:
         (("data", "labels"), bool(recipe.data.labels), "expected the key of the labels array "
          "(to train without labels: [recovery] use_labels = false)"),
         (("data", "batch_size"), recipe.data.batch_size >= 1, "must be >= 1"),
-        (("recovery", "batch_size"), recipe.recovery.batch_size >= 1, "must be >= 1"),
-        (("recovery", "epochs"), recipe.recovery.epochs >= 1, "must be >= 1"),
-        (("recovery", "steps"), recipe.recovery.steps is None or recipe.recovery.steps >= 1, "must be >= 1"),
-        (("recovery", "lr"), recipe.recovery.lr > 0, "must be > 0"),
-        (("recovery", "val_split"), 0 <= recipe.recovery.val_split < 1, "must be in [0, 1)"),
-        (("recovery", "alpha"), 0 <= recipe.recovery.alpha <= 1, "must be in [0, 1]"),
-        (("recovery", "temperature"), recipe.recovery.temperature > 0, "must be > 0"),
     ]
+    for keys, section in ((("recovery",), recipe.recovery), (("recovery", "final"), recipe.final_recovery)):
+        checks += [
+            ((*keys, "batch_size"), section.batch_size >= 1, "must be >= 1"),
+            ((*keys, "epochs"), section.epochs >= 1, "must be >= 1"),
+            ((*keys, "steps"), section.steps is None or section.steps >= 1, "must be >= 1"),
+            ((*keys, "lr"), section.lr > 0, "must be > 0"),
+            ((*keys, "val_split"), 0 <= section.val_split < 1, "must be in [0, 1)"),
+            ((*keys, "alpha"), 0 <= section.alpha <= 1, "must be in [0, 1]"),
+            ((*keys, "temperature"), section.temperature > 0, "must be > 0"),
+        ]
     for keys, ok, message in checks:
         if not ok:
             raise loc.error(keys, message)
@@ -208,7 +231,7 @@ def _check_data(recipe: Recipe, loc: _Locator) -> None:
         fidelity = ", ".join(m for m in METRICS if m not in TASK_METRICS)
         _check_labels(data.evaluation, data.labels, ("data", "evaluation"), loc,
                       f"or measure the budget in a fidelity metric ({fidelity})")
-    if recovers and recipe.recovery.use_labels:
+    if recovers and (recipe.recovery.use_labels or recipe.final_recovery.use_labels):
         _check_labels(data.train, data.labels, ("data", "train"), loc,
                       "or distill from the original alone: [recovery] use_labels = false")
 

@@ -22,7 +22,7 @@ from graphsurg.errors import BadInputError, PassError
 from graphsurg.fsutil import write_text
 from graphsurg.ir import Model, dtypes
 from graphsurg.pipeline import ChangeRecord, PassSpec, make_pass, run_passes
-from graphsurg.recipe import SEARCHABLE, Recipe, Step, searched_parameter
+from graphsurg.recipe import SEARCHABLE, Recipe, RecoverySection, Step, searched_parameter
 from graphsurg.services import DataSpec, build_context
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Surgery:
         edited = magnitude.effective_params(model)
         recovered = None
         if recipe.recovery.enabled:
-            self.timed("recover", self.recover, model, original, "final")
+            self.timed("recover", self.recover, model, original, "final", settings=recipe.final_recovery)
             say("measure the recovered model")
             recovered = self.timed("measure_recovered", self.evaluate, model, original, latency=True)
         final = recovered or immediate
@@ -198,14 +198,15 @@ class Surgery:
 
     # ---- recovery ------------------------------------------------------------------------
     def recover(self, model: Model, original: Model, label: str, keep_record: bool = True,
-                extra: list | None = None) -> dict | None:
+                extra: list | None = None, settings: RecoverySection | None = None) -> dict | None:
         """Recovery through the training backend; `extra`: pass results not (yet) in the record (a
-        search candidate's), whose masks and touched weights recovery must see too."""
+        search candidate's), whose masks and touched weights recovery must see too; `settings`:
+        [recovery] unless given (the final recovery's)."""
         from graphsurg.train.data import load_arrays
         from graphsurg.train.masks import ChangeInfo
         from graphsurg.train.recover import RecoverOptions, recover
 
-        rec, data = self.recipe.recovery, self.recipe.data
+        rec, data = settings or self.recipe.recovery, self.recipe.data
         self.stages.say(f"recover ({label})")
         use_labels = bool(rec.use_labels and data.labels)
         arrays = load_arrays(str(data.train), model, data.labels or "labels")

@@ -54,6 +54,28 @@ def test_good_recipe_resolves_paths_relative_to_the_file(workdir: Path) -> None:
     assert recipe.budget.max_degradation == 0.02 and recipe.recovery.epochs == 2 and recipe.seed == 3
 
 
+def test_final_recovery_overrides_only_what_it_names(workdir: Path) -> None:
+    recipe = load_recipe(write(workdir, GOOD + "\n[recovery.final]\nlr = 0.0001\ntrain = \"touched\"\n"))
+    assert (recipe.recovery.lr, recipe.recovery.train) == (0.001, "all")
+    assert (recipe.final_recovery.lr, recipe.final_recovery.train, recipe.final_recovery.epochs) == \
+        (0.0001, "touched", 2)  # epochs comes from [recovery]
+    assert load_recipe(write(workdir, GOOD)).final_recovery == load_recipe(write(workdir, GOOD)).recovery
+
+
+@pytest.mark.parametrize(
+    ("final", "expected"),
+    [
+        ("lr = 0.0", r"recipe.toml:19: recovery.final.lr: must be > 0"),
+        ("enabled = false", r"recipe.toml:19: recovery.final.enabled: not here"),
+        ("train = \"some\"", r"recipe.toml:19: recovery.final.train: expected all, head or touched"),
+        ("colour = 1", r"recipe.toml:19: recovery.final.colour: unknown key"),
+    ],
+)
+def test_final_recovery_errors_are_located(workdir: Path, final: str, expected: str) -> None:
+    with pytest.raises(RecipeError, match=expected):
+        load_recipe(write(workdir, GOOD + f"\n[recovery.final]\n{final}\n"))
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [

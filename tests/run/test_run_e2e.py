@@ -91,6 +91,10 @@ max_degradation = 0.05
 [recovery]
 steps = 20
 lr = 0.005
+
+[recovery.final]     # the quantization-aware recovery starts from a recovered model: gentler
+steps = 10
+lr = 0.001
 """
 
 
@@ -125,10 +129,11 @@ def test_excise_and_recover_within_budget(excise_runs) -> None:
     assert len(magnitude["per_pass"]) == 2 and all(m > 0 for m in magnitude["per_pass"])
     assert magnitude["per_layer"] and all(0 < v <= 1 for v in magnitude["per_layer"].values())
 
-    # recovery: 20 steps of 64 samples in each of the two recoveries, and it helped
+    # recovery: 20 steps of 64 samples after excision, then the final recovery's own 10 steps
     recovery = cert["recovery"]
-    assert recovery["enabled"] and recovery["n_tune"] == 2 * 20 * 64
+    assert recovery["enabled"] and recovery["n_tune"] == (20 + 10) * 64
     assert [r["label"] for r in recovery["records"]] == ["after excise", "final"]
+    assert [(r["options"]["steps"], r["options"]["lr"]) for r in recovery["records"]] == [(20, 0.005), (10, 0.001)]
     # the curve runs over both recoveries on one n_tune axis, and is fitted to a + b/sqrt(n)
     curve = recovery["curve"]
     assert [p["recovery"] for p in curve] == sorted((p["recovery"] for p in curve), key=["after excise", "final"].index)
@@ -176,7 +181,7 @@ def test_table_is_printed_without_json(excise_runs) -> None:
     lines = run.stdout.splitlines()
     assert lines[0].split() == ["stage", "loss", "accuracy", "agreement", "kl"]
     assert [line.split()[0] for line in lines[1:4]] == ["original", "after", "+"]
-    assert "WITHIN BUDGET" in lines[-1] and any(line.startswith("n_tune = 2560") for line in lines)
+    assert "WITHIN BUDGET" in lines[-1] and any(line.startswith(f"n_tune = {(20 + 10) * 64}") for line in lines)
 
 
 def _without_timings(cert: dict) -> dict:
@@ -290,6 +295,8 @@ def test_no_argument_runs_the_default_recipe_into_graphsurg_out(tmp_path: Path) 
     table = run.stdout.splitlines()
     assert table[0].startswith("stage") and any(row.startswith("recovered") for row in table)
     assert any(row.startswith("surgery magnitude") for row in table) and "WITHIN BUDGET" in table[-1]
+    # [recovery.final]'s gentler rate lets the quantization-aware recovery improve on where it started
+    assert cert["recovery"]["records"][-1]["best"]["epoch"] > 0
 
 
 # ---- minimal surgery search: prune{sparsity=auto} against brute force -------------------------------
