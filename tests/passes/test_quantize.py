@@ -201,7 +201,8 @@ def test_zero_points_are_written_only_where_nonzero_or_onnxruntime_needs_them(tm
     pairs = [op for op in graph.ops if op.op_type == "QuantizeLinear"]
     zero_points = {op.inputs[2] for op in pairs}
     assert len(pairs) == 3 and len(zero_points) == len({int(z.const.numpy()) for z in zero_points}) < 3
-    assert fused_ops(model, tmp_path)["QGemm"] == 1 and fused_ops(model, tmp_path)["QLinearConv"] == 1
+    fused = fused_ops(model, tmp_path)
+    assert fused["QGemm"] == 1 and fused["QLinearConv"] == 1
 
 
 def test_embedding_table_is_gathered_as_int8_then_dequantized(tmp_path):
