@@ -159,6 +159,8 @@ def resolve_weight(graph: Graph, op: Op, port: int) -> WeightRef | None:
             return None  # an outer-scope value seen from a subgraph: not ours to edit
         exclusive = exclusive and _single_reader(graph, value)
         if value.is_const:
+            if not graph.is_fixed(value):
+                return None  # a default the caller may feed instead: not the model's weight to edit
             return WeightRef(op, port, list(reversed(chain)), value, exclusive)
         producer = graph.producer(value)
         if producer is None or producer.domain not in _DEFAULT:

@@ -9,7 +9,7 @@ import numpy as np
 from graphsurg.passes._numpy_ops import KERNELS
 from graphsurg.passes._util import read_in_subgraph, replace_with_constant
 
-from graphsurg.ir import Graph, Model, Op, Tensor, dtypes
+from graphsurg.ir import Graph, Model, Op, Tensor, Value, dtypes
 from graphsurg.pipeline import Pass, PassContext, PassResult
 
 # Folding these would undo quantization or randomness the user asked for.
@@ -28,31 +28,35 @@ class FoldConstants(Pass):
 
     Handles: Constant (every value_* form), ConstantOfShape-generated weights, and chains of
     shape arithmetic (Shape of a constant, Gather, Concat, Reshape, Unsqueeze, Cast, Slice,
-    elementwise math, ...; see passes/_numpy_ops.py). Folded values keep their names.
+    elementwise math, ...; see passes/_numpy_ops.py). Folded values keep their names; initializers
+    that only folded ops read are removed with them (inputs that can be fed stay: they are the interface).
     Refuses, with the reason recorded: ops without a NumPy kernel, quantize/dequantize and random
     ops (folding them would undo the model's intent), results larger than `max_mb`, values read
-    by name inside an If/Loop/Scan body. Main graph only.
+    by name inside an If/Loop/Scan body. Never folds through an initializer that is also a graph
+    input (a default the caller may feed). Main graph only.
     """
 
     name = "fold-constants"
     Params = FoldParams
 
     def run(self, model: Model, ctx: PassContext, result: PassResult) -> None:
-        graph, folded = model.graph, Counter()
+        graph, folded, orphans = model.graph, Counter(), []
         for op in graph.topological_order():
             if self._foldable(graph, op, result):
                 outputs = self._evaluate(op, model.opset, result)
                 if outputs is not None:
+                    inputs = [v for v in op.inputs if v is not None]
                     self._replace(graph, op, outputs)
+                    orphans += _drop_orphans(graph, inputs)
                     folded[op.op_type] += 1
         result.modified = bool(folded)
-        result.changes = {"folded": dict(folded)}
+        result.changes = {"folded": dict(folded), "initializers_removed": orphans}
         result.summary = f"folded {sum(folded.values())} ops into initializers"
 
     def _foldable(self, graph: Graph, op: Op, result: PassResult) -> bool:
         if op.domain not in ("", "ai.onnx") or op.subgraphs() or op.op_type in _NEVER_FOLD:
             return False
-        if not all(v is None or v.is_const for v in op.inputs) or not op.outputs:
+        if not all(v is None or graph.is_fixed(v) for v in op.inputs) or not op.outputs:
             return False
         if _bit_view_types(op):
             result.refuse(op.label, "bfloat16/float8/int4 data is carried as raw bits; NumPy cannot compute on it")
@@ -94,6 +98,15 @@ class FoldConstants(Pass):
                 and value.dtype not in _BIT_VIEWS:
             array = array.astype(dtypes.numpy_dtype(value.dtype))  # numpy may widen; keep the declared type
         replace_with_constant(graph, op, value, array)
+
+
+def _drop_orphans(graph: Graph, inputs: list[Value]) -> list[str]:
+    """Removes the folded op's constants that nothing reads any more (onnxruntime warns about every
+    unused initializer it finds, one line each); returns their names."""
+    orphans = [v for v in dict.fromkeys(inputs) if graph.is_fixed(v) and not graph.is_used(v)]
+    for value in orphans:
+        graph.remove_value(value)
+    return [v.name for v in orphans]
 
 
 def _bit_view_types(op: Op) -> bool:

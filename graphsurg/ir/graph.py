@@ -50,6 +50,9 @@ class Graph:
         # serde bookkeeping, so value_info keeps its order and entries for names it cannot place
         self.value_info_names: list[str] = []
         self.orphan_value_info: list[bytes] = []
+        # IR version < 4 lists every initializer as a graph input too (they are constants all the
+        # same): `inputs` holds only what can be fed; this keeps the file's order of the listing
+        self.input_order: list[str] = []
 
     # ---- lookup -------------------------------------------------------------------------
     @property
@@ -101,6 +104,12 @@ class Graph:
 
     def is_used(self, value: Value) -> bool:
         return bool(self.nx._succ.get(value)) or value in self.outputs
+
+    def is_fixed(self, value: Value) -> bool:
+        """True for a constant no feed can replace: an initializer that is not also an input (from
+        IR version 4 such an initializer is only a default; serde keeps the initializers that
+        older files list as inputs out of `inputs`)."""
+        return value.is_const and value not in self.inputs
 
     def iter_all_ops(self) -> Iterator[Op]:
         """Every op, descending into If/Loop/Scan bodies."""

@@ -139,6 +139,8 @@ def from_proto(proto: onnx.ModelProto, base_dir: str | None = None, _payloads: d
                detach_external: bool = False) -> Model:
     """The IR of a parsed model. `base_dir` resolves external data locations."""
     graph = _graph_from_proto(proto.graph, None, base_dir, detach_external, _payloads)
+    if proto.ir_version < 4:
+        _constants_out_of_inputs(graph)
     try:
         _check_acyclic(graph)
     except GraphError as exc:
@@ -158,6 +160,15 @@ def from_proto(proto: onnx.ModelProto, base_dir: str | None = None, _payloads: d
         source_dir=base_dir,
         explicit_fields=_explicit_fields(proto),
     )
+
+
+def _constants_out_of_inputs(graph: Graph) -> None:
+    """IR version < 4 requires every initializer to be listed as a graph input; they are constants
+    nonetheless (nothing can feed them: onnxruntime does not offer them as inputs), so the IR keeps
+    them out of `inputs` and remembers the listing's order for the save."""
+    if any(value.is_const for value in graph.inputs):
+        graph.input_order = [value.name for value in graph.inputs]
+        graph.inputs = [value for value in graph.inputs if not value.is_const]
 
 
 def _check_acyclic(graph: Graph) -> None:

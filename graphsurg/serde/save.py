@@ -225,10 +225,7 @@ class _GraphWriter:
                 sparse = gp.sparse_initializer.add()
                 sparse.CopyFrom(value.const.proto)
                 sparse.values.name = value.name
-        gp.input.extend(write_value_info(v) for v in graph.inputs)
-        if self.initializers_as_inputs and graph.parent is None:
-            listed = set(graph.inputs)
-            gp.input.extend(write_value_info(v) for v in graph.initializers.values() if v not in listed)
+        gp.input.extend(write_value_info(v) for v in _listed_inputs(graph, self.initializers_as_inputs))
         gp.output.extend(write_value_info(v) for v in graph.outputs)
         gp.value_info.extend(write_value_info(v) for v in _value_info_values(graph))
         for blob in graph.orphan_value_info:
@@ -288,6 +285,16 @@ class _GraphWriter:
         else:
             for sub in attr.value:
                 self.fill(sub, proto.graphs.add())
+
+
+def _listed_inputs(graph: Graph, with_initializers: bool) -> list[Value]:
+    """The graph's inputs as the file lists them: with `with_initializers` (IR version < 4) every
+    initializer too, in the order the file came with, then what is new."""
+    if not with_initializers or graph.parent is not None:
+        return list(graph.inputs)
+    listed = {value.name: value for value in [*graph.inputs, *graph.initializers.values()]}
+    ordered = [listed.pop(name) for name in graph.input_order if name in listed]
+    return ordered + list(listed.values())
 
 
 def _value_info_values(graph: Graph) -> list[Value]:

@@ -79,17 +79,26 @@ def test_fold_keeps_a_bfloat16_constant_and_refuses_arithmetic_on_it(run_ort):
                                                                                        feeds)[0])
 
 
-def test_fold_constant_of_shape_weights_then_cleanup_drops_the_shapes():
-    shape = numpy_helper.from_array(np.array([3, 4], np.int64), "w_shape")
+def test_fold_constant_of_shape_weights_drops_the_shapes_only_it_read():
+    """The folded op's constant inputs go when nothing else reads them; one still read elsewhere,
+    and one that is also a graph input (the interface), stay."""
+    shapes = [numpy_helper.from_array(np.array(dims, np.int64), name)
+              for name, dims in (("w_shape", [3, 4]), ("v_shape", [4, 4]), ("u_shape", [4, 4]))]
+    fill = helper.make_tensor("v", TensorProto.FLOAT, [1], [0.25])
     proto = model(
-        [helper.make_node("ConstantOfShape", ["w_shape"], ["w"],
-                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.25])),
-         helper.make_node("MatMul", ["x", "w"], ["y"])],
-        [f32("x", [2, 3])], [f32("y", [2, 4])], [shape])
+        [helper.make_node("ConstantOfShape", ["w_shape"], ["w"], value=fill),
+         helper.make_node("ConstantOfShape", ["v_shape"], ["v"], value=fill),
+         helper.make_node("ConstantOfShape", ["u_shape"], ["u"], value=fill),
+         helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("MatMul", ["a", "v"], ["b"]),
+         helper.make_node("MatMul", ["b", "u"], ["y"]), helper.make_node("Mul", ["v_shape", "k"], ["n"])],
+        [f32("x", [2, 3]), helper.make_tensor_value_info("k", TensorProto.INT64, [2]),
+         helper.make_tensor_value_info("u_shape", TensorProto.INT64, [2])],
+        [f32("y", [2, 4]), helper.make_tensor_value_info("n", TensorProto.INT64, [2])], shapes)
     loaded = serde.load(proto)
-    record = run_passes(loaded, [make_pass("fold-constants"), make_pass("cleanup")])
-    assert record.results[0].changes["folded"] == {"ConstantOfShape": 1}
-    assert record.results[1].changes["initializers_removed"] == ["w_shape"]
+    record = run_passes(loaded, [make_pass("fold-constants")])
+    assert record.results[0].changes["initializers_removed"] == ["w_shape"]
+    assert {"v_shape", "u_shape"} <= set(loaded.graph.initializers) and "w_shape" not in loaded.graph.initializers
+    assert loaded.graph.producer(loaded.graph.value("u")).op_type == "ConstantOfShape"  # its shape can be fed
     np.testing.assert_array_equal(loaded.graph.initializers["w"].const.numpy(), np.full((3, 4), 0.25, np.float32))
 
 

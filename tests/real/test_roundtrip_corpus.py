@@ -227,14 +227,16 @@ def _xfail_with_reference(case, out, feeds, failure: Unrunnable, stats, outputs_
 @pytest.mark.slow
 @pytest.mark.parametrize("case", LIGHT, ids=str)
 def test_light_fold_cleanup_keeps_outputs(case: Case, tmp_path, run_ort):
-    """fold-constants turns the ConstantOfShape weights into initializers, cleanup drops what
-    that leaves unused; onnxruntime's outputs do not change."""
+    """fold-constants turns the ConstantOfShape weights into initializers and drops the shape
+    initializers only they read (IR version 3: listed as inputs, yet constants); onnxruntime's
+    outputs do not change."""
     model = serde.load(case.path)
     generators = sum(op.op_type == "ConstantOfShape" for op in model.graph.ops)
     record = run_passes(model, [make_pass("fold-constants"), make_pass("cleanup")])
     assert record.results[0].changes["folded"].get("ConstantOfShape") == generators
     assert not any(op.op_type == "ConstantOfShape" for op in model.graph.ops)
-    assert record.results[1].changes["initializers_removed"], "the shape initializers should be gone"
+    assert len(record.results[0].changes["initializers_removed"]) >= generators, "the shapes should be gone"
+    assert not any(name.endswith("_SHAPE") for name in model.graph.initializers)
     model.graph.verify()
     out = tmp_path / "folded.onnx"
     serde.save(model, out)

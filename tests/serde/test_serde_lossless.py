@@ -134,6 +134,39 @@ def test_ir_version_3_lists_initializers_as_inputs():
     onnx.checker.check_model(saved, full_check=True)
 
 
+def _listed_initializer_model(ir_version: int) -> onnx.ModelProto:
+    """y = x @ w with w an initializer listed first among the graph inputs."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "listed",
+        [helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 4]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4), "w")])
+    return helper.make_model(graph, ir_version=ir_version, opset_imports=[helper.make_opsetid("", 8)])
+
+
+def test_ir_version_3_initializers_are_constants_not_inputs():
+    """Below IR version 4 the listing is a formality (onnxruntime offers no such input): the IR's
+    inputs are what can be fed, passes treat the weights as weights, and the file keeps its order."""
+    old = _listed_initializer_model(3)
+    loaded = serde.load(canonical(old))
+    assert [v.name for v in loaded.graph.inputs] == ["x"] and loaded.graph.is_fixed(loaded.graph.value("w"))
+    assert round_trip_bytes(old) == canonical(old)
+    result = run_passes(loaded, [make_pass("prune{sparsity=0.5}")]).results[0]
+    assert result.modified and np.count_nonzero(loaded.graph.initializers["w"].const.numpy()) == 8
+    saved = onnx.load_from_string(serde.to_bytes(loaded))
+    assert [i.name for i in saved.graph.input] == ["w", "x"]
+
+
+def test_from_ir_version_4_a_listed_initializer_is_a_default_input():
+    new = _listed_initializer_model(4)
+    loaded = serde.load(canonical(new))
+    assert [v.name for v in loaded.graph.inputs] == ["w", "x"] and not loaded.graph.is_fixed(loaded.graph.value("w"))
+    result = run_passes(loaded, [make_pass("prune{sparsity=0.5}")]).results[0]
+    assert not result.modified  # a weight the caller may feed is not the model's to prune
+    assert round_trip_bytes(new) == canonical(new)
+
+
 def control_flow_model() -> onnx.ModelProto:
     """If and Loop whose bodies read outer values, one of them two levels up (nested If)."""
     f = TensorProto.FLOAT
