@@ -37,7 +37,8 @@ def ensure_opset(model: Model, per_channel: bool) -> tuple[bool, str | None]:
     """
     opset = model.opset
     if opset < QDQ_OPSET:
-        return False, f"opset {opset} has no QuantizeLinear/DequantizeLinear (needs >= {QDQ_OPSET})"
+        return False, (f"opset {opset} has no QuantizeLinear/DequantizeLinear (needs >= {QDQ_OPSET}); "
+                       f"run convert-opset{{version={PER_CHANNEL_OPSET}}} first")
     if not per_channel or opset >= PER_CHANNEL_OPSET:
         return per_channel, None
     unstable = sorted({op.op_type for op in model.graph.iter_all_ops()
