@@ -56,20 +56,31 @@ def test_fresh_mlp_student_distilled_from_the_cnn(tmp_path, capsys):
 
 def test_excised_cnn_recovered_by_distillation(capsys):
     """excise{ratio=0.5} on digits_cnn (0.27x parameters), then five epochs of distillation without
-    labels. The issue asks for the original accuracy within 1 point; this architecture reaches about
-    2 points (see the issue note), so the bound asserted here is what recovery does achieve."""
-    model = serde.load(CNN)
-    record = run_passes(model, [make_pass("excise{ratio=0.5}")])
-    assert record.results[0].modified
-    excised = H.accuracy(model)
-    result = recover(model, _arrays(model), serde.load(CNN),
-                     _options(epochs=5, lr=1e-2, batch_size=16, temperature=4.0))
-    original, recovered = H.accuracy(CNN), H.accuracy(model)
-    _report(capsys, f"excise 0.5 + distillation (5 epochs): original {original:.4f}, excised {excised:.4f}, "
-                    f"recovered {recovered:.4f} (gap {100 * (original - recovered):.2f} points)")
-    assert len(result["history"]) <= 6  # the "before" entry plus at most five epochs
-    assert recovered > excised + 0.5
-    assert recovered >= original - 0.03
+    labels, over three recovery seeds. The issue asks for the original accuracy within 1 point (0.9872);
+    five epochs reach 0.9750-0.9806 here (seeds 0-4, original 0.9972), and thirty epochs 0.9806-0.9889.
+    Measured on the validation file without closing the gap: l2 and taylor importance, a least-squares
+    refit of the layers that read removed channels (0.61 accuracy straight after excision instead of
+    0.18, the same after recovery), lr 3e-3 to 5e-2, temperature 1 and 2, batch sizes 8 and 32, warmup,
+    weight decay, frozen BatchNorm, and function-matching distillation (teacher run on mixup or noisy
+    inputs). The half-width network, not the starting point or the schedule, is the limit. The bound
+    is the worst seed with one test sample to spare."""
+    original = H.accuracy(CNN)
+    results = []
+    for seed in range(3):
+        model = serde.load(CNN)
+        record = run_passes(model, [make_pass("excise{ratio=0.5}")])
+        assert record.results[0].modified
+        excised = H.accuracy(model)
+        result = recover(model, _arrays(model), serde.load(CNN),
+                         _options(epochs=5, lr=1e-2, batch_size=16, temperature=4.0, seed=seed))
+        assert len(result["history"]) <= 6  # the "before" entry plus at most five epochs
+        results.append((excised, H.accuracy(model)))
+    worst = min(recovered for _, recovered in results)
+    _report(capsys, f"excise 0.5 + distillation (5 epochs, seeds 0-2): original {original:.4f}, excised "
+                    f"{results[0][0]:.4f}, recovered {', '.join(f'{r:.4f}' for _, r in results)} "
+                    f"(worst gap {100 * (original - worst):.2f} points)")
+    assert all(recovered > excised + 0.5 for excised, recovered in results)
+    assert worst >= original - 0.025
 
 
 def test_pruned_mlp_keeps_its_masks(tmp_path, capsys):
