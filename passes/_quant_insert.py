@@ -18,8 +18,8 @@ What is inserted is written compactly, since on small models it outweighs the in
   does not form and the Gemm runs in float) and activations (without them neither QGemm nor
   QLinearConv forms); the tests check this on onnxruntime's optimized graph. Equal zero points
   share one initializer.
-- inserted values get short generated names (q0, q1, ...) and inserted ops no name; the change
-  record maps every weight to its int8 initializer.
+- inserted values get short generated names (q0, q1, ...) and inserted ops no name, except the
+  int8 weights: `<weight>_int8`, the names users look for.
 """
 
 from __future__ import annotations
@@ -77,6 +77,11 @@ class QDQWriter:
 
     def constant(self, array: np.ndarray) -> Value:
         return self.graph.add_initializer(self.name(), array)
+
+    def int8_copy(self, weight: Value, array: np.ndarray) -> Value:
+        """The int8 initializer of a weight, named after it: the tensors people look for in a viewer,
+        a diff or the certificate's `touched` keep a name they recognise."""
+        return self.graph.add_initializer(f"{weight.name}_int8", array)
 
     def zero_point(self, array: np.ndarray, required: bool) -> Value | None:
         """The zero-point input: None when it is all zero and not `required`; one initializer per
@@ -141,7 +146,7 @@ class QDQWriter:
             return self._weights[key]
         qw = quantize_weight(value.const.numpy(), axis, self.settings.symmetric_weights, self.settings.mse_weights,
                              min_scale, pair_safe=self.settings.pair_safe and self.settings.act_dtype is not None)
-        q_init = self.constant(qw.q)
+        q_init = self.int8_copy(value, qw.q)
         # QGemm forms only from a weight DequantizeLinear with an explicit zero point
         gemm = any(op.op_type == "Gemm" for op, _ in self.graph.consumers(value))
         dq_out = self.dequantize(q_init, self.constant(qw.scale), self.zero_point(qw.zero_point, required=gemm),
@@ -157,7 +162,7 @@ class QDQWriter:
         if key not in self._weights:
             qw = quantize_weight(value.const.numpy(), axis, self.settings.symmetric_weights,
                                  self.settings.mse_weights)
-            q_init = self.constant(qw.q)
+            q_init = self.int8_copy(value, qw.q)
             self._weights[key] = (q_init, qw)
             self._float_weights.add(value)
             self.log.weights[value.name] = {"axis": axis, "int8": q_init.name, **qw.report}

@@ -363,8 +363,9 @@ def test_smoothquant_moves_outliers_into_the_weights_and_folds_into_the_layernor
 # ---------------------------------------------------------------- bundled models
 
 
-# the int8 files' size against the float ones (0.349, 0.487 and 0.593 before the compact writing)
-@pytest.mark.parametrize(("name", "max_ratio"), [("digits_mlp", 0.305), ("digits_cnn", 0.32), ("digits_vit", 0.47)])
+# the int8 files' size against the float ones (0.349, 0.487 and 0.593 before the compact writing;
+# the int8 weights' readable names cost 0.001-0.006 of it)
+@pytest.mark.parametrize(("name", "max_ratio"), [("digits_mlp", 0.305), ("digits_cnn", 0.325), ("digits_vit", 0.475)])
 def test_bundled_models_quantize_fuse_and_keep_their_predictions(name, max_ratio, tmp_path):
     model = serde.load(MODELS / f"{name}.onnx")
     names = {v.name for v in model.graph._values.values()} | {op.name for op in model.graph.ops}
@@ -382,8 +383,10 @@ def test_bundled_models_quantize_fuse_and_keep_their_predictions(name, max_ratio
     assert len(serde.to_bytes(model)) <= max_ratio * (MODELS / f"{name}.onnx").stat().st_size
     inserted = [op for op in model.graph.ops if op.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert all(op.name == "" for op in inserted)
+    int8 = set(result.touched)
+    assert all(name.endswith("_int8") for name in int8)
     assert all(len(v.name) <= 4 for op in inserted for v in (*op.inputs, *op.outputs)
-               if v is not None and v.name not in names)
+               if v is not None and v.name not in names and v.name not in int8)
 
 
 def test_two_d_matmul_with_bias_becomes_qgemm(tmp_path):
