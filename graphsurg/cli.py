@@ -130,12 +130,19 @@ def _add_feature_commands() -> None:
 _add_feature_commands()
 
 
+# click >= 8.2 raises this for a group called without a command (older versions print and exit)
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and a documented exit code for every failure."""
     try:
         code = cli.main(args=argv, prog_name="graphsurg", standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
+    except _NO_ARGS_IS_HELP as exc:  # a bare `graphsurg`: the help, not an error line around it
+        click.echo(exc.format_message(), err=True)
+        code = EXIT_BAD_INPUT
     except click.ClickException as exc:
         click.echo(f"graphsurg: error: {exc.format_message()}", err=True)
         code = EXIT_BAD_INPUT

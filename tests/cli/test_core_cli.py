@@ -281,6 +281,13 @@ def test_command_line_mistakes_are_usage_errors(args):
     assert_bad_input(graphsurg(*args))
 
 
+def test_no_command_prints_the_help_not_an_error_line(capsys):
+    result = graphsurg_here(capsys)
+    assert result.code == 2 and result.stdout == ""
+    assert result.stderr.startswith("Usage: graphsurg") and "error" not in result.stderr
+    assert all(command in result.stderr for command in ("apply", "diff", "eval", "recover", "run"))
+
+
 # ---- inspect --------------------------------------------------------------------------------------
 
 def test_inspect_text():
