@@ -27,10 +27,13 @@ class GraftParams:
     kind: Literal["auto", "linear", "conv"] = "auto"
     activation: Literal["none", "relu"] = "none"
     count: int = 1  # identity layers stacked at each position
+    max_mb: float = 256.0  # refuse a position whose identity weight would be larger
 
     def __post_init__(self) -> None:
         if self.count < 1:
             raise ValueError("count must be at least 1")
+        if self.max_mb <= 0:
+            raise ValueError("max_mb must be positive")
         if not self.after.strip():
             raise ValueError("after needs a tensor name or auto")
 
@@ -58,8 +61,9 @@ class Graft(Pass):
     Refuses (UsageError when the value was named, a recorded refusal under after=auto): constants,
     non-float dtypes (and bfloat16/float8, which the IR holds as raw bits), unknown rank or unknown
     width on the grafted axis, values read by name inside If/Loop/Scan bodies, `kind=conv` on a
-    value of rank < 3, and `activation=relu` where the value may be negative, with where that
-    negative may come from. Main graph only.
+    value of rank < 3, `activation=relu` where the value may be negative, with where that
+    negative may come from, and a layer whose identity weight would exceed `max_mb` (a graft after
+    VGG's 25,088-wide flattened features would weigh 2.5 GB). Main graph only.
     """
 
     name = "graft"
@@ -91,7 +95,7 @@ class Graft(Pass):
             site = _site(graph, value, self.params.kind)
             if isinstance(site, str):
                 raise UsageError(f"graft after {name!r}: {site}")
-            refusal = self._activation_refusal(graph, value)
+            refusal = self._refusal(graph, site)
             if refusal:
                 raise UsageError(f"graft after {name!r}: {refusal}")
             sites.append(site)
@@ -103,12 +107,23 @@ class Graft(Pass):
             if self.params.kind not in ("auto", layer_kind):
                 continue
             site = _site(graph, value, layer_kind)
-            reason = site if isinstance(site, str) else self._activation_refusal(graph, value)
+            reason = site if isinstance(site, str) else self._refusal(graph, site)
             if reason:
                 result.refuse(value.name, reason)
             else:
                 sites.append(site)
         return sites
+
+    def _refusal(self, graph: Graph, site: _Site) -> str | None:
+        return self._size_refusal(site) or self._activation_refusal(graph, site.value)
+
+    def _size_refusal(self, site: _Site) -> str | None:
+        spatial = len(site.value.shape) - 2 if site.kind == "conv" else 0
+        megabytes = site.width ** 2 * _CONV_KERNEL ** spatial * site.dtype.itemsize / 2**20
+        if megabytes <= self.params.max_mb:
+            return None
+        return (f"an identity layer {site.width} wide would weigh {megabytes:,.0f} MB "
+                f"(max_mb={self.params.max_mb:g}; raise it to graft here anyway)")
 
     def _activation_refusal(self, graph: Graph, value: Value) -> str | None:
         if self.params.activation != "relu":

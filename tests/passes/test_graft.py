@@ -131,6 +131,16 @@ def test_ineligible_named_targets_are_usage_errors(spec, expected):
         apply(load("digits_mlp"), spec)
 
 
+def test_a_layer_over_max_mb_is_refused_named_or_under_auto(x):
+    """digits_mlp's 128-wide hidden vector: a 64 KiB identity Gemm; with max_mb below it, refused."""
+    with pytest.raises(UsageError, match=r"128 wide would weigh 0 MB \(max_mb=0.01; raise it"):
+        apply(load("digits_mlp"), "graft{after=/net/net.2/Relu_output_0,max_mb=0.01}")
+    model = load("digits_mlp")
+    result = apply(model, "graft{max_mb=0.03}")  # the 64-wide layers (16 KiB) fit, the 128-wide one not
+    assert [entry["width"] for entry in result.changes["inserted"]] == [64, 64]
+    assert [r["target"] for r in result.refused if "max_mb" in r["reason"]] == ["/net/net.2/Relu_output_0"]
+
+
 def test_bad_parameters_are_usage_errors():
     with pytest.raises(UsageError, match="count must be at least 1"):
         make("graft{count=0}")
