@@ -4,11 +4,14 @@ one line with the exit code of bad input. Never a crash, never a broken model.""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from graphsurg.passes.widen import eligible_nodes
 
 from graphsurg import serde
 from graphsurg.errors import EXIT_BAD_INPUT, GraphsurgError
@@ -54,3 +57,52 @@ def test_a_pass_on_every_corpus_model_edits_validly_or_refuses_in_one_line(spec,
     with capsys.disabled():
         print(f"\n{spec} on {len(MODELS)} models: {counts}")
     assert counts["modified"] > 0
+
+
+# ---- the passes that must not change the function, on the models that come with inputs -----------
+
+sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
+import test_roundtrip_corpus as corpus  # noqa: E402
+
+RUNNABLE = [c for c in corpus.CASES if (c.data_dir is not None or c.kind == "bundled")
+            and c.name not in corpus.ORT_CANNOT_RUN]
+PRESERVING = ["graft{after=auto}", "graft{after=auto,count=2}", "widen", "fold-constants",
+              "convert-opset{version=21}"]
+
+
+def _preserving_pass(spec: str, model) -> list:
+    """The pass as a user would run it; widen on the first layer it can grow (it needs a node)."""
+    if spec != "widen":
+        return [make_pass(spec)]
+    serde.infer_shapes(model)
+    eligible = eligible_nodes(model.graph)
+    return [make_pass(f"widen{{node={eligible[0][0].label},split=zero}}")] if eligible else []
+
+
+def _close(want, got) -> bool:
+    """Float outputs within 1e-5 (a widened or grafted layer may sum in another order)."""
+    want, got = np.asarray(want), np.asarray(got)
+    return want.dtype.kind == "f" and want.shape == got.shape and np.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", PRESERVING)
+def test_function_preserving_passes_keep_onnxruntime_outputs_on_real_models(spec, run_ort, same_outputs, capsys):
+    compared = 0
+    for case in RUNNABLE:
+        feeds = corpus.case_feeds(case)
+        expected = run_ort(case.path, feeds)
+        model = serde.load(case.path)
+        try:
+            result = run_passes(model, _preserving_pass(spec, model)).results
+        except GraphsurgError as exc:
+            assert exc.exit_code == EXIT_BAD_INPUT, f"{case}: {exc}"
+            continue
+        if not result or not result[0].modified:
+            continue
+        for want, got in zip(expected, run_ort(serde.to_bytes(model), feeds), strict=True):
+            assert same_outputs(want, got) or _close(want, got), f"{spec} on {case}"
+        compared += 1
+    with capsys.disabled():
+        print(f"\n{spec}: outputs compared on {compared} of {len(RUNNABLE)} runnable models")
+    assert compared > 0
