@@ -223,7 +223,7 @@ def remove_dead(graph: Graph, values: Iterable[Value | None]) -> list[str]:
         if value.graph is not graph or graph.is_used(value) or graph.lookup(value.name) is not value:
             continue
         if value.is_const:
-            if value not in graph.inputs:
+            if graph.is_fixed(value):
                 graph.remove_value(value)
                 dropped.append(value.name)
             continue

@@ -93,7 +93,7 @@ def _note_subgraphs(op: Op, wanted: set[str], plan: Plan) -> None:
 
 def weight_array(graph: Graph, value: Value | None) -> np.ndarray | None:
     """A constant weight: an initializer of this graph that is not also an (overridable) graph input."""
-    if value is None or not value.is_const or value in graph.inputs or value.name not in graph.initializers:
+    if value is None or not graph.is_fixed(value) or value.name not in graph.initializers:
         return None
     return value.const.numpy()
 

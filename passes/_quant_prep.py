@@ -8,8 +8,9 @@ QuantizeLinear/DequantizeLinear where no op in the model changed meaning between
 from __future__ import annotations
 
 import numpy as np
+from graphsurg.passes._quant_plan import weight_array
 
-from graphsurg.ir import Graph, Model, Op, Value
+from graphsurg.ir import Graph, Model, Op
 
 # Ops whose schema (inputs, attributes, semantics) is the same from opset 10 through 13, so raising
 # the opset import to 13 cannot change what the model computes.
@@ -73,25 +74,19 @@ def _foldable_conv(graph: Graph, bn: Op) -> Op | None:
         return None
     if len(graph.consumers(bn.inputs[0])) != 1 or bn.inputs[0] in graph.outputs:
         return None
-    params = [_initializer(graph, v) for v in (*bn.inputs[1:], conv.inputs[1])]
+    params = [weight_array(graph, v) for v in (*bn.inputs[1:], conv.inputs[1])]
     bias = conv.inputs[2] if len(conv.inputs) > 2 else None
-    if any(p is None for p in params) or (bias is not None and _initializer(graph, bias) is None):
+    if any(p is None for p in params) or (bias is not None and weight_array(graph, bias) is None):
         return None
     return conv if params[-1].dtype == np.float32 else None
 
 
-def _initializer(graph: Graph, value: Value | None) -> np.ndarray | None:
-    if value is None or not value.is_const or value in graph.inputs or value.name not in graph.initializers:
-        return None
-    return value.const.numpy()
-
-
 def _fold(graph: Graph, conv: Op, bn: Op) -> None:
-    gamma, beta, mean, var = (_initializer(graph, v).astype(np.float64) for v in bn.inputs[1:])
+    gamma, beta, mean, var = (weight_array(graph, v).astype(np.float64) for v in bn.inputs[1:])
     eps = float(bn.attr("epsilon", 1e-5))
-    w = _initializer(graph, conv.inputs[1]).astype(np.float64)
+    w = weight_array(graph, conv.inputs[1]).astype(np.float64)
     bias_value = conv.inputs[2] if len(conv.inputs) > 2 else None
-    b = _initializer(graph, bias_value).astype(np.float64) if bias_value is not None else np.zeros(w.shape[0])
+    b = weight_array(graph, bias_value).astype(np.float64) if bias_value is not None else np.zeros(w.shape[0])
     factor = gamma / np.sqrt(var + eps)
     new_w = w * factor.reshape(-1, *([1] * (w.ndim - 1)))
     new_b = (b - mean) * factor + beta
@@ -114,10 +109,10 @@ def normalize_gemm(graph: Graph, op: Op) -> str | None:
     """Makes a Gemm's bias a [N] initializer with beta = 1 (what QGemm takes); a reason if it cannot."""
     if len(op.inputs) < 3 or op.inputs[2] is None:
         return None
-    c = _initializer(graph, op.inputs[2])
+    c = weight_array(graph, op.inputs[2])
     if c is None:
         return "its bias C is not an initializer"
-    b = _initializer(graph, op.inputs[1])
+    b = weight_array(graph, op.inputs[1])
     if b is None or b.ndim != 2:
         return None
     n = b.shape[0] if op.attr("transB", 0) else b.shape[1]
@@ -147,7 +142,7 @@ def matmuls_to_gemm(graph: Graph) -> list[str]:
         if add is None:
             continue
         bias_port = 1 if add.inputs[0] is op.outputs[0] else 0
-        bias = _initializer(graph, add.inputs[bias_port]).reshape(-1)
+        bias = weight_array(graph, add.inputs[bias_port]).reshape(-1)
         bias_value = graph.add_initializer(f"{add.inputs[bias_port].name}_gemm", bias.astype(np.float32))
         out = add.outputs[0]
         gemm = graph.add_op("Gemm", [op.inputs[0], op.inputs[1], bias_value], 1)
@@ -169,7 +164,7 @@ def _gemm_candidate(graph: Graph, op: Op) -> Op | None:
     if op.op_type != "MatMul" or op.domain not in ("", "ai.onnx"):
         return None
     x, w = op.inputs
-    weight = _initializer(graph, w)
+    weight = weight_array(graph, w)
     if weight is None or weight.ndim != 2 or weight.dtype != np.float32 or x.rank != 2 or x.is_const:
         return None
     out = op.outputs[0]
@@ -177,7 +172,7 @@ def _gemm_candidate(graph: Graph, op: Op) -> Op | None:
     if len(users) != 1 or out in graph.outputs or users[0][0].op_type != "Add":
         return None
     add = users[0][0]
-    bias = _initializer(graph, add.inputs[1 - users[0][1]])
+    bias = weight_array(graph, add.inputs[1 - users[0][1]])
     if bias is None or bias.dtype != np.float32 or bias.size != weight.shape[1] or bias.shape[-1] != weight.shape[1]:
         return None
     return add if add.domain in ("", "ai.onnx") and bias.ndim <= 2 else None

@@ -6,10 +6,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+from graphsurg.passes._excise_weights import remove_dead
 from graphsurg.passes._numpy_ops import KERNELS
 from graphsurg.passes._util import read_in_subgraph, replace_with_constant
 
-from graphsurg.ir import Graph, Model, Op, Tensor, Value, dtypes
+from graphsurg.ir import Graph, Model, Op, Tensor, dtypes
 from graphsurg.pipeline import Pass, PassContext, PassResult
 
 # Folding these would undo quantization or randomness the user asked for.
@@ -47,7 +48,7 @@ class FoldConstants(Pass):
                 if outputs is not None:
                     inputs = [v for v in op.inputs if v is not None]
                     self._replace(graph, op, outputs)
-                    orphans += _drop_orphans(graph, inputs)
+                    orphans += remove_dead(graph, inputs)  # onnxruntime warns about each unused initializer
                     folded[op.op_type] += 1
         result.modified = bool(folded)
         result.changes = {"folded": dict(folded), "initializers_removed": orphans}
@@ -98,15 +99,6 @@ class FoldConstants(Pass):
                 and value.dtype not in _BIT_VIEWS:
             array = array.astype(dtypes.numpy_dtype(value.dtype))  # numpy may widen; keep the declared type
         replace_with_constant(graph, op, value, array)
-
-
-def _drop_orphans(graph: Graph, inputs: list[Value]) -> list[str]:
-    """Removes the folded op's constants that nothing reads any more (onnxruntime warns about every
-    unused initializer it finds, one line each); returns their names."""
-    orphans = [v for v in dict.fromkeys(inputs) if graph.is_fixed(v) and not graph.is_used(v)]
-    for value in orphans:
-        graph.remove_value(value)
-    return [v.name for v in orphans]
 
 
 def _bit_view_types(op: Op) -> bool:
