@@ -18,8 +18,9 @@ from graphsurg.errors import EXIT_BAD_INPUT, GraphsurgError
 from graphsurg.pipeline import make_pass, run_passes
 
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = sorted(DATA.glob("*/*/model.onnx")) + sorted((DATA / "light").glob("*.onnx")) + \
-    sorted((Path(__file__).resolve().parents[2] / "models").glob("*.onnx"))
+    sorted((ROOT / "models").glob("*.onnx")) + sorted((ROOT / "tests" / "fixtures" / "dynamo").glob("*/model.onnx"))
 SPECS = ["prune{sparsity=0.5}", "excise{ratio=0.5}", "graft{after=auto}", "drop-layer", "cleanup",
          "quantize{activations=none}", "head-swap{classes=5}", "convert-opset{version=21}"]
 # what a user runs first: the light models make their weights with ConstantOfShape, and opset < 10

@@ -6,8 +6,9 @@ it is byte-identical to protobuf's deterministic serialization of the original (
 nothing added), and onnxruntime gives the same outputs for it as for the original: bit-exact
 (`np.array_equal`) where the original is deterministic. `simple`, `pytorch-converted` and
 `pytorch-operator` run on their shipped test_data_set inputs; `light` models (no inputs shipped)
-on seeded synthetic inputs; the bundled digits models on the digits test split. `real` holds
-only download stubs and is not used.
+on seeded synthetic inputs; the bundled digits models on the digits test split; `dynamo`
+(tests/fixtures/dynamo: the digits CNN and ViT and a BERT-style encoder as torch's dynamo exporter
+writes them) on their test_data_set inputs. `real` holds only download stubs and is not used.
 
 Expected failures: only models onnxruntime itself cannot run (listed below with the reason; the
 test asserts the reason is still the one onnxruntime gives). Those are still round-tripped and
@@ -33,6 +34,7 @@ MODELS = ROOT / "models"
 BUNDLED = ["digits_mlp", "digits_cnn", "digits_vit"]
 ONNX_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 KINDS_WITH_DATA = ("simple", "pytorch-converted", "pytorch-operator")
+DYNAMO = ROOT / "tests" / "fixtures" / "dynamo"
 
 
 @dataclass(frozen=True)
@@ -91,18 +93,23 @@ class Case:
         return f"{self.kind}/{self.name}"
 
 
-def corpus_cases() -> list[Case]:
+def _cases_in(root: Path, kind: str) -> list[Case]:
+    """The onnx corpus layout: <name>/model.onnx with an optional <name>/test_data_set_0."""
     cases = []
-    for kind in KINDS_WITH_DATA:
-        for folder in sorted((ONNX_DATA / kind).iterdir()):
-            if (folder / "model.onnx").is_file():
-                data = folder / "test_data_set_0"
-                cases.append(Case(kind, folder.name, folder / "model.onnx", data if data.is_dir() else None))
+    for folder in sorted(root.iterdir()):
+        if (folder / "model.onnx").is_file():
+            data = folder / "test_data_set_0"
+            cases.append(Case(kind, folder.name, folder / "model.onnx", data if data.is_dir() else None))
+    return cases
+
+
+def corpus_cases() -> list[Case]:
+    cases = [case for kind in KINDS_WITH_DATA for case in _cases_in(ONNX_DATA / kind, kind)]
     for path in sorted((ONNX_DATA / "light").glob("*.onnx")):
         cases.append(Case("light", path.stem, path, None))
     for name in BUNDLED:
         cases.append(Case("bundled", name, MODELS / f"{name}.onnx", None))
-    return cases
+    return cases + _cases_in(DYNAMO, "dynamo")
 
 
 CASES = corpus_cases()
@@ -112,10 +119,10 @@ LIGHT = [c for c in CASES if c.kind == "light"]
 def test_corpus_is_complete():
     """No model of the corpus is silently left out."""
     kinds = Counter(c.kind for c in CASES)
-    assert all(kinds[k] > 0 for k in (*KINDS_WITH_DATA, "light", "bundled")), kinds
+    assert all(kinds[k] > 0 for k in (*KINDS_WITH_DATA, "light", "bundled", "dynamo")), kinds
     on_disk = {p for k in KINDS_WITH_DATA for p in (ONNX_DATA / k).glob("*/model.onnx")}
     on_disk |= set((ONNX_DATA / "light").glob("*.onnx"))
-    assert on_disk == {c.path for c in CASES if c.kind != "bundled"}
+    assert on_disk == {c.path for c in CASES if c.kind not in ("bundled", "dynamo")}
     assert set(ORT_CANNOT_RUN) <= {c.name for c in CASES}, "the expected-failure list names unknown models"
     print(f"\nround-trip corpus: {len(CASES)} models ({dict(kinds)})")
 

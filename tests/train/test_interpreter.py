@@ -58,8 +58,10 @@ def _max_diff(got: list[np.ndarray], want: list[np.ndarray]) -> float:
 
 
 def _corpus_cases():
-    for corpus in ("pytorch-converted", "pytorch-operator"):
-        for folder in sorted((CORPUS / corpus).iterdir()):
+    folders = [(corpus, CORPUS / corpus) for corpus in ("pytorch-converted", "pytorch-operator")]
+    folders.append(("dynamo", H.ROOT / "tests" / "fixtures" / "dynamo"))
+    for corpus, root in folders:
+        for folder in sorted(f for f in root.iterdir() if (f / "model.onnx").is_file()):
             data = folder / "test_data_set_0"
             feeds = [numpy_helper.to_array(onnx.load_tensor(str(p))) for p in sorted(data.glob("input_*.pb"))]
             stored = [numpy_helper.to_array(onnx.load_tensor(str(p))) for p in sorted(data.glob("output_*.pb"))]
@@ -67,8 +69,9 @@ def _corpus_cases():
 
 
 def test_forward_equals_onnxruntime_on_the_coverage_list(tmp_path, capsys):
-    """Bundled models, the onnx wheel's pytorch-converted and pytorch-operator corpora, and a
-    BERT-style encoder exported by torch.onnx: the interpreter's forward equals onnxruntime within 1e-4."""
+    """Bundled models, the onnx wheel's pytorch-converted and pytorch-operator corpora, a BERT-style
+    encoder exported by torch.onnx, and the dynamo exporter's fixtures: the interpreter's forward
+    equals onnxruntime within 1e-4."""
     x = np.load(H.TEST)["input"][:64]
     cases = [(f"bundled/{m}", H.MODELS / f"{m}.onnx", [x], None) for m in ("digits_mlp", "digits_cnn", "digits_vit")]
     cases += list(_corpus_cases())
