@@ -14,9 +14,10 @@ parameters, biases, position embeddings); ops whose attributes or shape tensors 
 get *fixups* (Conv group, Split sizes, Slice bounds, Gather indices, Reshape shape tensors). A
 label that reaches something the pass cannot shrink (a graph output, an unknown op, a softmax
 over channels, a tensor without labels of the same size) is *fixed*, with the reason kept, and a
-fixed class is never removed. The op rules live in `_excise_rules*.py`; shapes are refined by
-`_excise_shapes.py` (static sizes behind shape arithmetic) and counts read through `Shape` are
-checked by `_excise_dims.py`.
+fixed class is never removed. Heads folded into a symbolic dimension (batch*heads) are kept as
+*folds* beside the slots (`_excise_folds.py`). The op rules live in `_excise_rules*.py`; shapes
+are refined by `_excise_shapes.py` (static sizes behind shape arithmetic) and counts read
+through `Shape` are checked by `_excise_dims.py`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from graphsurg.passes._excise_folds import Fold
 from graphsurg.passes._excise_shapes import static_shapes
 from graphsurg.passes._excise_weights import WeightRef, resolve_weight
 
 from graphsurg.ir import Graph, Model, Op, Value
 
 MAX_REASONS = 3
+# The ops that move folds; Shape's reads are checked by _excise_dims; any other op fixes them.
+FOLD_RULES = frozenset({"Reshape", "Transpose", "Shape"})
 
 
 class Labels:
@@ -139,7 +143,7 @@ class ArrayMember:
 class Fixup:
     """An op whose attributes or shape inputs count channels; `labels` index its input axis."""
 
-    kind: str  # "conv_groups", "split", "slice", "gather", "reshape", "freeze" (a static shape input)
+    kind: str  # "conv_groups", "split", "slice", "gather", "reshape", "expand", "freeze" (a static shape input)
     op: Op
     labels: np.ndarray | None = None
     data: dict = field(default_factory=dict)
@@ -171,6 +175,7 @@ class DepGraph:
         self.producers: list[Producer] = []
         self.order: dict[Op, int] = {}
         self.shapes: dict[Value, tuple] = {}  # probed static shapes (see _excise_shapes)
+        self.folds: dict[Value, dict[int, Fold]] = {}  # heads folded into symbolic dims (see _excise_folds)
 
     @classmethod
     def build(cls, model: Model, mode: str = "heads", exclude: Iterable[str] = ()) -> DepGraph:
@@ -184,15 +189,22 @@ class DepGraph:
             dep.order[op] = index
             rule: Callable[[DepGraph, Op], None] = rules.get(op.op_type, generic_rule) \
                 if op.domain in ("", "ai.onnx") else generic_rule
+            if op.op_type not in FOLD_RULES:
+                dep.fix_folds(op)
             rule(dep, op)
         dep._fix_boundaries()
         check_dimension_reads(dep)
         dep.labels.freeze()
         return dep
 
+    def fix_folds(self, op: Op) -> None:
+        for value in op.inputs:
+            for fold in self.folds.get(value, {}).values():
+                self.labels.fix(fold.labels, f"{op.label} reads them folded into a symbolic dimension")
+
     def _fix_boundaries(self) -> None:
         for value in self.graph.outputs:
-            for labels in self.get(value).values():
+            for labels in [*self.get(value).values(), *(f.labels for f in self.folds.get(value, {}).values())]:
                 self.labels.fix(labels, f"they reach the graph output {value.name!r}")
         for op in self.graph.ops:
             for sub in op.subgraphs():
@@ -208,6 +220,10 @@ class DepGraph:
     def put(self, value: Value | None, axis: int, labels: np.ndarray) -> None:
         if value is not None and len(labels):
             self.slots.setdefault(value, {})[axis] = labels
+
+    def fold(self, value: Value | None, axis: int, fold: Fold) -> None:
+        if value is not None and len(fold.labels):
+            self.folds.setdefault(value, {})[axis] = fold
 
     def rank(self, value: Value | None) -> int | None:
         if value is None:

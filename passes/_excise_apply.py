@@ -58,11 +58,13 @@ class Excision:
     def _fixup(self, fixup: Fixup, sizes: dict) -> None:
         op, opset = fixup.op, self.dep.model.opset
         if fixup.kind == "reshape":
-            own = sizes.get(op.outputs[0], {})
-            unchanged = all(own[a] == len(self.dep.get(op.outputs[0])[a]) for a in fixup.data["axes"])
+            out = op.outputs[0]
+            slots = {**self.dep.get(out), **{a: fold.labels for a, fold in self.dep.folds.get(out, {}).items()}}
+            kept = {a: int(self.keep(slots[a]).sum()) for a in fixup.data["axes"]}
+            unchanged = all(kept[a] == len(slots[a]) for a in kept)
             # Computed targets may take a count from Shape of a tensor that did shrink: they become constants.
             if not unchanged or resolve_weight(self.graph, op, 1) is None:
-                apply_shape_patch(self.graph, op, fixup.data, {a: own[a] for a in fixup.data["axes"]})
+                apply_shape_patch(self.graph, op, fixup.data, kept)
             return
         if fixup.kind == "freeze":
             set_const_input(self.graph, op, fixup.data["port"], fixup.data["values"], "frozen")
@@ -76,6 +78,10 @@ class Excision:
             _split(self.graph, op, keep, fixup, opset)
         elif fixup.kind == "slice":
             _slice_bounds(self.graph, op, keep, fixup, opset)
+        elif fixup.kind == "expand":
+            spec = np.array(fixup.data["spec"], dtype=np.int64)
+            spec[fixup.data["axis"]] = int(keep.sum())
+            set_const_input(self.graph, op, 1, spec)
         elif fixup.kind == "gather":
             ref = resolve_weight(self.graph, op, 1)
             picked = np.asarray(ref.effective(), dtype=np.int64) % len(keep)

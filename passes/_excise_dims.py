@@ -37,6 +37,9 @@ def check_dimension_reads(dep) -> None:
                 blocker = _blocker(dep, op.outputs[0], axis - start)
                 if blocker:
                     dep.labels.fix(labels, f"{op.label} reads their count, which {blocker} uses")
+        for axis, fold in dep.folds.get(x, {}).items():
+            if start <= axis < end and _blocker(dep, op.outputs[0], axis - start):
+                dep.labels.fix(fold.labels, f"{op.label} reads their count folded into a symbolic dimension")
 
 
 def _blocker(dep, value: Value, position: int | None) -> str | None:
@@ -71,9 +74,11 @@ def _follow(dep, op: Op, port: int, pos: int | None) -> list[tuple[Value, int | 
         return [(out, 0 if kind == "Unsqueeze" else None)]
     if kind == "Slice" and port == 0:
         starts, ends = static_ints(dep, op.inputs[1]), static_ints(dep, op.inputs[2])
-        if starts is None or ends is None or pos is None:
+        length = dep.size(op.inputs[0], 0)
+        if starts is None or ends is None or pos is None or length is None:
             return op.label
-        return [(out, pos - starts[0])] if starts[0] <= pos < ends[0] else []
+        start, end, _ = slice(starts[0], ends[0]).indices(length)  # x[-1:] counts from the end
+        return [(out, pos - start)] if start <= pos < end else []
     if kind == "Concat":
         lengths = [dep.size(v, 0) if dep.rank(v) == 1 else None for v in op.inputs[:port]]
         if None in lengths:
@@ -86,7 +91,8 @@ def _rewritten(dep, op: Op, port: int, pos: int | None) -> list | str:
     """Reaching a shape input: fine where that entry is rewritten as a constant anyway, or where
     the whole input is static (it is then frozen as a constant)."""
     kinds = {f.kind for f in dep.fixups if f.op is op}
-    if op.op_type == "Reshape" and port == 1 and "reshape" in kinds and pos in dep.get(op.outputs[0]):
+    if op.op_type == "Reshape" and port == 1 and "reshape" in kinds and (
+            pos in dep.get(op.outputs[0]) or pos in dep.folds.get(op.outputs[0], {})):
         return []
     if op.op_type == "Slice" and port in (1, 2) and any(f.op is op and f.kind == "slice" and f.data["index"] == pos
                                                         for f in dep.fixups):
@@ -94,11 +100,12 @@ def _rewritten(dep, op: Op, port: int, pos: int | None) -> list | str:
     if op.op_type == "Split" and port == 1 and "split" in kinds:
         return []
     # A shape input that another fixup of this op rewrites cannot also be frozen to its old value.
-    if (op.op_type, port) in _SHAPE_INPUTS and not kinds & {"reshape", "slice", "split"} and _freeze(dep, op, port):
+    if (op.op_type, port) in _SHAPE_INPUTS and not kinds & _REWRITES and _freeze(dep, op, port):
         return []
     return f"the {op.op_type} {op.label}" if op.op_type != "Reshape" else f"the target shape of {op.label}"
 
 
+_REWRITES = frozenset({"reshape", "slice", "split", "expand"})  # fixups that rewrite a shape input
 _SHAPE_INPUTS = {("Reshape", 1), ("Slice", 1), ("Slice", 2), ("Slice", 3), ("Slice", 4), ("Split", 1),
                  ("Expand", 1), ("Tile", 1), ("ConstantOfShape", 0), ("Range", 0), ("Range", 1)}
 

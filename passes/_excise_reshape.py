@@ -66,75 +66,90 @@ def reshape_target(dep, op: Op) -> tuple | None:
         return None
     results = []
     for probe, target in zip(probes(), targets, strict=True):
-        dims_in = [d if isinstance(d, int) else probe for d in in_shape]
-        dims = [dims_in[i] if d == 0 and not op.attr("allowzero", 0) and i < len(dims_in) else d
-                for i, d in enumerate(target)]
-        if dims.count(-1) == 1:
-            known = math.prod(d for d in dims if d != -1)
-            if known == 0 or math.prod(dims_in) % known:
-                return None
-            dims[dims.index(-1)] = math.prod(dims_in) // known
+        dims = resolve_target(target, [d if isinstance(d, int) else probe for d in in_shape], op.attr("allowzero", 0))
+        if dims is None:
+            return None
         results.append(dims)
     return tuple(a if all(r[i] == a for r in results) else "?" for i, a in enumerate(results[0]))
 
 
+def resolve_target(target: list[int], dims_in: list[int], allowzero: int) -> list[int] | None:
+    """A Reshape's output dims for input dims `dims_in`: 0 copies (unless allowzero), -1 infers."""
+    dims = [dims_in[i] if d == 0 and not allowzero and i < len(dims_in) else d for i, d in enumerate(target)]
+    if dims.count(-1) == 1:
+        known = math.prod(d for d in dims if d != -1)
+        if known == 0 or math.prod(dims_in) % known:
+            return None
+        dims[dims.index(-1)] = math.prod(dims_in) // known
+    return dims
+
+
 def plan_shape_patch(dep, op: Op) -> dict | str:
-    """How the target shape of Reshape `op` will be rewritten, decided before anything changes."""
+    """How the target shape of Reshape `op` will be rewritten, decided before anything changes.
+    A folded axis (batch*heads) gets -1, so no other entry may be -1."""
     graph = dep.graph
-    axes = sorted(dep.get(op.outputs[0]))
-    plan = {"axes": axes, "in_shape": dep.shape(op.inputs[0]), "out_shape": dep.base_shape(op.outputs[0])}
+    folded = sorted(dep.folds.get(op.outputs[0], {}))
+    axes = sorted({*dep.get(op.outputs[0]), *folded})
+    plan = {"axes": axes, "folded": folded, "in_shape": dep.shape(op.inputs[0]),
+            "out_shape": dep.base_shape(op.outputs[0])}
+    targets = probed_ints(dep, op.inputs[1]) if folded else []
+    if targets is None or any(t[i] == -1 for t in targets for i in range(len(t)) if i not in folded):
+        return "infers a dimension besides the heads it folds into a symbolic one"
     if resolve_weight(graph, op, 1) is not None:
         return {**plan, "kind": "const"}
     producer = graph.producer(op.inputs[1])
     if producer is not None and producer.op_type == "Concat":
-        places = _concat_places(dep, producer, axes)
-        if places is not None:
+        places = [_concat_place(dep, producer, axis) for axis in axes]
+        if None not in places:
             return {**plan, "kind": "concat", "places": places}
     if plan["out_shape"] is not None and _rebuild(op, plan, {a: 1 for a in axes}) is not None:
         return {**plan, "kind": "rebuild"}
     return "computes its target shape in a way the pass cannot update"
 
 
-def _concat_places(dep, concat: Op, axes: list[int]) -> list[tuple[int, int]] | None:
-    """(Concat input port, offset in it) of each labeled entry; each must come from a constant."""
-    graph, spans, start = dep.graph, [], 0
-    for value in concat.inputs:
+def _concat_place(dep, concat: Op, position: int) -> tuple[Op, int, int] | None:
+    """(Concat, input port, offset in it) of entry `position`, which must come from a constant or
+    from a computed piece of one element (Unsqueeze(Gather(Shape(x))): the labeled axis has a
+    static size, or -1 for a fold); a piece that is itself a Concat only this one reads is
+    searched in turn (torch's unflatten builds its target from nested Concats)."""
+    graph, start = dep.graph, 0
+    for port, value in enumerate(concat.inputs):
         length = dep.size(value, 0) if value is not None and dep.rank(value) == 1 else None
         if length is None:
             return None
-        spans.append((start, length))
+        if start <= position < start + length:
+            if resolve_weight(graph, concat, port) is not None or length == 1:
+                return concat, port, position - start
+            inner = graph.producer(value)
+            if inner is None or inner.op_type != "Concat" or len(graph.consumers(value)) != 1 \
+                    or value in graph.outputs:
+                return None
+            return _concat_place(dep, inner, position - start)
         start += length
-    places = []
-    for axis in axes:
-        port = next((p for p, (s, n) in enumerate(spans) if s <= axis < s + n), None)
-        # A computed piece (Unsqueeze(Gather(Shape(x)))) of one element can become a constant: the
-        # labeled axis has a static size.
-        if port is None or (resolve_weight(graph, concat, port) is None and spans[port][1] != 1):
-            return None
-        places.append((port, axis - spans[port][0]))
-    return places
+    return None
 
 
 def _rebuild(op: Op, plan: dict, sizes: dict[int, int]) -> list[int] | None:
     """A fresh constant target shape: static sizes, 0 (copy) for a symbolic dimension the input
     has at the same place, -1 for at most one other."""
-    entries, inferred = [], 0
+    entries = []
     in_shape, allowzero = plan["in_shape"] or (), op.attr("allowzero", 0)
     for k, dim in enumerate(plan["out_shape"]):
         if k in sizes:
-            entries.append(sizes[k])
+            entries.append(-1 if k in plan["folded"] else sizes[k])
         elif isinstance(dim, int):
             entries.append(dim)
         elif isinstance(dim, str) and not allowzero and k < len(in_shape) and in_shape[k] == dim:
             entries.append(0)
         else:
             entries.append(-1)
-            inferred += 1
-    return entries if inferred <= 1 else None
+    return entries if entries.count(-1) <= 1 else None
 
 
 def apply_shape_patch(graph: Graph, op: Op, plan: dict, sizes: dict[int, int]) -> None:
-    """Writes the new sizes of the labeled output axes into Reshape `op`'s target shape."""
+    """Writes the new sizes of the labeled output axes into Reshape `op`'s target shape (-1 for
+    folded axes)."""
+    sizes = {axis: -1 if axis in plan["folded"] else size for axis, size in sizes.items()}
     if plan["kind"] == "const":
         ref = resolve_weight(graph, op, 1)
         array = np.array(ref.effective(), copy=True)
@@ -143,8 +158,7 @@ def apply_shape_patch(graph: Graph, op: Op, plan: dict, sizes: dict[int, int]) -
                 array[axis] = size
         replace_effective(graph, ref, array, "excised")
     elif plan["kind"] == "concat":
-        concat = graph.producer(op.inputs[1])
-        for axis, (port, offset) in zip(plan["axes"], plan["places"], strict=True):
+        for axis, (concat, port, offset) in zip(plan["axes"], plan["places"], strict=True):
             ref = resolve_weight(graph, concat, port)
             if ref is None:
                 set_const_input(graph, concat, port, np.array([sizes[axis]], dtype=np.int64))

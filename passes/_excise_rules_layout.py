@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 from graphsurg.passes._depgraph import DepGraph, Fixup
+from graphsurg.passes._excise_folds import SYMBOLIC_REFUSALS, Fold, map_folded, picked_segments
 from graphsurg.passes._excise_reshape import map_reshape, plan_shape_patch, reshape_target
 from graphsurg.passes._excise_rules import axis_attr, rule
 from graphsurg.passes._excise_static import split_sizes, static_ints
@@ -15,47 +16,70 @@ from graphsurg.ir import Op
 
 @rule("Transpose")
 def transpose(dep: DepGraph, op: Op) -> None:
-    slots = dep.get(op.inputs[0])
-    if not slots:
+    slots, folds = dep.get(op.inputs[0]), dep.folds.get(op.inputs[0], {})
+    if not slots and not folds:
         return
     rank = dep.rank(op.inputs[0])
     perm = op.attr("perm") or (list(reversed(range(rank))) if rank is not None else None)
     if perm is None:
         dep.fix_inputs(op, f"{op.label} has no perm and an input of unknown rank")
+        dep.fix_folds(op)
         return
     for axis, labels in slots.items():
         dep.put(op.outputs[0], list(perm).index(axis), labels)
+    for axis, fold in folds.items():
+        dep.fold(op.outputs[0], list(perm).index(axis), fold)
 
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(dep: DepGraph, op: Op) -> None:
     """Maps labels through the reshape (Flatten repeats each channel over its positions); a split
-    of channels into (heads, head size) ties each head, or fixes them with target=channels."""
+    of channels into (heads, head size) ties each head, or fixes them with target=channels; a
+    split into segments that are picked apart later (packed q, k, v) couples the segments'
+    positions; heads folded into a symbolic dimension (batch*heads) are followed as folds."""
     x, out = op.inputs[0], op.outputs[0]
-    if not dep.get(x):
+    folds = dep.folds.get(x, {})
+    if not dep.get(x) and not folds:
         return
+    if folds and op.op_type != "Reshape":
+        dep.fix_folds(op)
     in_shape, out_shape = dep.shape(x), _out_shape(dep, op)
     for axis, labels in dep.get(x).items():
         mapped = map_reshape(dep.labels, in_shape, out_shape, axis, labels)
-        if isinstance(mapped, str):
-            dep.labels.fix(labels, f"{op.label} {mapped}")
-            continue
-        axes, grid = mapped
-        if len(axes) > 1:
-            if dep.mode == "channels":
-                dep.labels.fix(labels, f"{op.label} splits them into heads or groups {list(grid.shape)}; "
-                                       "use target=heads or auto")
-                continue
-            dep.labels.mark(dep.labels.headed, grid)
-            grid = np.array([dep.labels.tie(row) for row in grid.reshape(grid.shape[0], -1)], dtype=np.int64)
-        if axes:
-            dep.put(out, axes[0], grid)
-    if op.op_type == "Reshape" and dep.get(out):
+        if isinstance(mapped, str) and op.op_type == "Reshape" and mapped in SYMBOLIC_REFUSALS:
+            mapped = map_folded(dep, op, axis, labels, folded=False)
+        _place(dep, op, labels, mapped)
+    for axis, fold in folds.items() if op.op_type == "Reshape" else ():
+        _place(dep, op, fold.labels, map_folded(dep, op, axis, fold.labels, folded=True))
+    if op.op_type == "Reshape" and (dep.get(out) or dep.folds.get(out)):
         patch = plan_shape_patch(dep, op)
         if isinstance(patch, str):
             dep.fix_value(out, f"{op.label} {patch}")
         else:
             dep.fixups.append(Fixup("reshape", op, data=patch))
+
+
+def _place(dep: DepGraph, op: Op, labels: np.ndarray, mapped: tuple | str) -> None:
+    """Puts mapped labels on the reshape's output: (axes, grid[, outer factors of a fold])."""
+    if isinstance(mapped, str):
+        dep.labels.fix(labels, f"{op.label} {mapped}")
+        return
+    axes, grid, outer = (*mapped, None)[:3]
+    if len(axes) == 2 and outer is None and picked_segments(dep, op.outputs[0], axes[0]):
+        for segment in grid[1:]:  # the same positions go from every segment, so they stay equal
+            dep.labels.union_arrays(grid[0], segment)
+        axes, grid = axes[1:], grid[0]
+    if len(axes) > 1:
+        if dep.mode == "channels":
+            dep.labels.fix(labels, f"{op.label} splits them into heads or groups {list(grid.shape)}; "
+                                   "use target=heads or auto")
+            return
+        dep.labels.mark(dep.labels.headed, grid)
+        grid = np.array([dep.labels.tie(row) for row in grid.reshape(grid.shape[0], -1)], dtype=np.int64)
+    if axes and outer is not None:
+        dep.fold(op.outputs[0], axes[0], Fold(grid, outer))
+    elif axes:
+        dep.put(op.outputs[0], axes[0], grid)
 
 
 def _out_shape(dep: DepGraph, op: Op) -> tuple | None:

@@ -3,9 +3,9 @@ and padding (see `_excise_rules.py`)."""
 
 from __future__ import annotations
 
-from graphsurg.passes._depgraph import DepGraph
+from graphsurg.passes._depgraph import DepGraph, Fixup
 from graphsurg.passes._excise_rules import axis_attr, extra_outputs_used, generic_rule, rule
-from graphsurg.passes._excise_static import ints_param
+from graphsurg.passes._excise_static import ints_param, static_ints
 from graphsurg.passes._excise_weights import const_ints, int_list
 
 from graphsurg.ir import Op
@@ -232,6 +232,8 @@ def quantize(dep: DepGraph, op: Op) -> None:
 def expand(dep: DepGraph, op: Op) -> None:
     """Fine where the shape/repeats keep the labeled axis as it is (1 in both)."""
     x = op.inputs[0]
+    if op.op_type == "Expand":
+        _broadcast_axis(dep, op)
     if not dep.get(x):
         return
     spec = dep.graph.const_value(op.inputs[1])
@@ -243,3 +245,19 @@ def expand(dep: DepGraph, op: Op) -> None:
             dep.labels.fix(labels, f"{op.label} gives the channel axis an explicit size")
             continue
         dep.put(op.outputs[0], out_axis, labels)
+
+
+def _broadcast_axis(dep: DepGraph, op: Op) -> None:
+    """An Expand that repeats a unit axis to a static size (an attention mask repeated for every
+    head) gives that axis labels of its own: every position holds the same values, so any of them
+    can go with the channels they meet; the size in the shape input is rewritten. One such axis
+    per Expand."""
+    spec, rank = static_ints(dep, op.inputs[1]), dep.rank(op.inputs[0])
+    if spec is None or rank is None or len(spec) < rank:
+        return
+    shift = len(spec) - rank
+    repeated = [a for a, size in enumerate(spec) if size > 1 and (a < shift or dep.size(op.inputs[0], a - shift) == 1)]
+    if len(repeated) == 1 and repeated[0] not in dep.get(op.outputs[0]):
+        labels = dep.labels.new(spec[repeated[0]])
+        dep.put(op.outputs[0], repeated[0], labels)
+        dep.fixups.append(Fixup("expand", op, labels, data={"spec": spec, "axis": repeated[0]}))

@@ -11,7 +11,7 @@ stays symbolic where it really depends on a symbolic input.
 from __future__ import annotations
 
 from graphsurg.passes._excise_reshape import reshape_target
-from graphsurg.passes._excise_static import split_sizes, static_ints
+from graphsurg.passes._excise_static import ints_param, split_sizes, static_ints
 
 from graphsurg import serde
 from graphsurg.ir import Op
@@ -73,7 +73,31 @@ def _derive(dep, op: Op) -> tuple | None:
         return shapes[0] if shapes else None
     if kind == "Concat":
         return _concat([dep.shape(v) for v in op.inputs], op.attr("axis", 0))
+    if kind == "Expand" and first is not None:
+        spec = static_ints(dep, op.inputs[1])
+        return None if spec is None else _broadcast([first, tuple(spec)])
+    if kind in ("Unsqueeze", "Squeeze") and first is not None:
+        return _unit_axes(dep, op, first)
+    if kind == "Gather" and first is not None and op.inputs[1] is not None:
+        indices = dep.shape(op.inputs[1])
+        axis = op.attr("axis", 0) % len(first) if first else 0
+        return None if indices is None else (*first[:axis], *indices, *first[axis + 1:])
     return None
+
+
+def _unit_axes(dep, op: Op, data: tuple) -> tuple | None:
+    """Unsqueeze inserts unit axes, Squeeze drops them (both with axes that are static)."""
+    given, axes = ints_param(dep, op, "axes", 1)
+    if not given or axes is None:
+        return None
+    dims = list(data)
+    if op.op_type == "Squeeze":
+        drop = {a % len(dims) for a in axes}
+        return tuple(d for i, d in enumerate(dims) if i not in drop)
+    rank = len(dims) + len(axes)
+    for axis in sorted(a % rank for a in axes):
+        dims.insert(axis, 1)
+    return tuple(dims)
 
 
 def _broadcast(shapes: list[tuple | None]) -> tuple | None:

@@ -189,9 +189,10 @@ def test_bert_style_sentence_encoder_loses_heads_with_symbolic_batch_and_sequenc
     assert "graph output 'y'" in result.refused[0]["reason"]
 
 
-def test_torch_transformer_encoder_refuses_packed_heads_with_reasons(tmp_path):
+def test_torch_transformer_encoder_loses_packed_heads_and_neurons(tmp_path):
     """nn.MultiheadAttention exports a packed in-projection and a (seq, batch*heads, d) layout
-    with the head size computed from Shape: heads stay (with reasons), the FFNs go."""
+    with the head size computed from Shape (tests/passes/test_excise_mha.py checks the function):
+    heads and FFN neurons go, the residual stream stays (with reasons)."""
     layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
     net = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Linear(32, 8))
     with torch.no_grad():  # the encoder clones one layer; identical weights would be exported shared
@@ -199,11 +200,11 @@ def test_torch_transformer_encoder_refuses_packed_heads_with_reasons(tmp_path):
             parameter.add_(torch.randn_like(parameter) * 0.01)
     model = export(net, torch.randn(2, 7, 32), tmp_path / "encoder.onnx", {"x": {0: "batch"}, "y": {0: "batch"}})
     ir, result = excise(model, "excise{ratio=0.5}")
-    excised = [g["group"] for g in result.changes["groups"] if g["status"] == "excised"]
-    assert excised == ["/0/layers.0/linear1/MatMul", "/0/layers.1/linear1/MatMul"]  # the FFN neurons
+    excised = [(g["group"], g["kind"]) for g in result.changes["groups"] if g["status"] == "excised"]
+    assert excised == [("/0/layers.0/self_attn/MatMul", "heads"), ("/0/layers.0/linear1/MatMul", "channels"),
+                       ("/0/layers.1/self_attn/MatMul", "heads"), ("/0/layers.1/linear1/MatMul", "channels")]
     reasons = {r["target"]: r["reason"] for r in result.refused}
-    assert "reads their count, which the target shape of" in reasons["group /0/layers.0/self_attn/Gemm"]
-    assert "has no prunable channels" in reasons["group /0/layers.0/linear2/MatMul"]  # the graph input is residual
+    assert "has no prunable channels" in reasons["group /0/layers.0/self_attn/Gemm"]  # the graph input is residual
     x = RNG.normal(size=(3, 7, 32)).astype(np.float32)
     assert run(serde.to_bytes(ir), x).shape == (3, 7, 8)
 

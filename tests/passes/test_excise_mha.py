@@ -1,0 +1,162 @@
+"""excise on torch's nn.MultiheadAttention (TransformerEncoderLayer, TransformerDecoderLayer),
+exported with the TorchScript exporter: a packed in-projection unflattened into (q, k, v)
+segments, heads folded into the symbolic batch (seq, batch*heads, head_dim), a key padding mask
+expanded over the heads, and the head count and width computed from Shape.
+
+The oracle: removing head h is the same function as zeroing head h's columns of out_proj in the
+original model (the head reaches the output only through them)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+nn = torch.nn
+
+from graphsurg import serde  # noqa: E402
+from graphsurg.pipeline import make_pass, run_passes  # noqa: E402
+
+DIM, HEADS = 32, 4
+RNG = np.random.default_rng(3)
+
+
+class Encoder(nn.Module):
+    def __init__(self, batch_first: bool, norm_first: bool, layers: int = 1):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(DIM, HEADS, 64, dropout=0.0, batch_first=batch_first,
+                                           norm_first=norm_first)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, x, mask=None):
+        return self.encoder(x, src_key_padding_mask=mask)
+
+
+class Decoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerDecoderLayer(DIM, HEADS, 64, dropout=0.0, batch_first=True)
+
+    def forward(self, x, memory):
+        return self.layer(x, memory)
+
+
+class KeyValueWidth(nn.Module):
+    """kdim = vdim != embed_dim: separate q, k and v projections."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(DIM, HEADS, kdim=24, vdim=24, batch_first=True)
+
+    def forward(self, x, memory):
+        return self.attn(x, memory, memory, need_weights=False)[0]
+
+
+def trained_like(module: nn.Module) -> nn.Module:
+    """Noise on every parameter: TransformerEncoder clones its layer, and identical weights
+    would be exported as shared initializers (which the pass rightly refuses)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return module.eval()
+
+
+def export(module: nn.Module, inputs: dict[str, np.ndarray], dynamic: dict) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy-exporter notices
+        torch.onnx.export(module, tuple(torch.from_numpy(a) for a in inputs.values()), buffer, dynamo=False,
+                          opset_version=17, input_names=list(inputs), output_names=["y"], dynamic_axes=dynamic)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def excise_heads(model: onnx.ModelProto, spec: str = "excise{target=heads,ratio=0.5}"):
+    ir = serde.load(model)
+    result = run_passes(ir, [make_pass(spec)]).results[0]  # includes onnx's full check
+    return ir, result
+
+
+def heads_zeroed(model: onnx.ModelProto, groups: list[dict]) -> onnx.ModelProto:
+    """The original with the out_proj columns of every removed head set to zero."""
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(model)
+    weights = {t.name: t for t in zeroed.graph.initializer}
+    for group in groups:
+        in_proj = group["layers"][0]  # q's columns come first, as heads in order
+        heads = sorted({c // (DIM // HEADS) for c in group["removed"][in_proj] if c < DIM})
+        name = ".".join(in_proj.strip("/").split("/")[:-1]) + ".out_proj.weight"
+        array = numpy_helper.to_array(weights[name]).copy()
+        for h in heads:
+            array[:, h * DIM // HEADS:(h + 1) * DIM // HEADS] = 0
+        weights[name].CopyFrom(numpy_helper.from_array(array, name))
+    return zeroed
+
+
+def max_difference(a: bytes, b: bytes, feeds: list[dict]) -> float:
+    first, second = (ort.InferenceSession(m, providers=["CPUExecutionProvider"]) for m in (a, b))
+    return max(float(np.abs(x - y).max()) for f in feeds for x, y in zip(first.run(None, f), second.run(None, f),
+                                                                            strict=True))
+
+
+def sequence(batch: int, length: int, batch_first: bool, width: int = DIM) -> np.ndarray:
+    shape = (batch, length, width) if batch_first else (length, batch, width)
+    return RNG.normal(size=shape).astype(np.float32)
+
+
+def padding(batch: int, length: int) -> np.ndarray:
+    mask = np.zeros((batch, length), dtype=bool)
+    mask[-1, length // 2:] = True  # the last sequence is padded
+    return mask
+
+
+def check_heads_removed(model: onnx.ModelProto, feeds: list[dict], layers: int) -> dict:
+    ir, result = excise_heads(model)
+    heads = [g for g in result.changes["groups"] if g["kind"] == "heads"]
+    assert len(heads) == layers and all(g["status"] == "excised" and g["units"] == HEADS for g in heads), heads
+    assert all(len(g["removed_units"]) == HEADS // 2 for g in heads)
+    onnx.checker.check_model(serde.to_proto(ir), full_check=True)
+    assert result.changes["parameters_after"] < result.changes["parameters_before"]
+    oracle = heads_zeroed(model, heads).SerializeToString()
+    assert max_difference(serde.to_bytes(ir), oracle, feeds) <= 1e-5
+    return result.changes
+
+
+# The legacy exporter bakes the example's key length into k's and v's view (torch computes it from
+# k.shape[0] of the unbound packed projection), so these models run only at the exported length.
+@pytest.mark.parametrize(("batch_first", "masked", "norm_first", "layers"), [
+    (True, True, False, 2), (False, True, True, 1), (False, False, False, 1), (True, False, True, 1)])
+def test_encoder_layer_loses_heads_like_zeroed_out_projection(batch_first, masked, norm_first, layers):
+    length = 6
+    module = trained_like(Encoder(batch_first, norm_first, layers))
+    axes = {0: "batch", 1: "seq"} if batch_first else {0: "seq", 1: "batch"}
+    example = {"x": sequence(2, length, batch_first)} | ({"mask": padding(2, length)} if masked else {})
+    dynamic = {"x": axes, "y": axes} | ({"mask": {0: "batch", 1: "seq"}} if masked else {})
+    feeds = [{"x": sequence(batch, length, batch_first)} | ({"mask": padding(batch, length)} if masked else {})
+             for batch in (1, 3)]
+    check_heads_removed(export(module, example, dynamic), feeds, layers)
+
+
+def test_separate_key_value_projections_lose_heads_at_any_length():
+    module = trained_like(KeyValueWidth())
+    example = {"x": sequence(2, 5, True), "memory": sequence(2, 7, True, 24)}
+    dynamic = {"x": {0: "batch", 1: "seq"}, "memory": {0: "batch", 1: "keys"}, "y": {0: "batch", 1: "seq"}}
+    feeds = [{"x": sequence(batch, length, True), "memory": sequence(batch, keys, True, 24)}
+             for batch, length, keys in ((1, 5, 7), (3, 16, 4))]
+    changes = check_heads_removed(export(module, example, dynamic), feeds, 1)
+    assert changes["groups"][0]["layers"] == ["/attn/MatMul", "/attn/MatMul_1", "/attn/MatMul_2"]
+
+
+def test_decoder_layer_loses_self_attention_heads_and_refuses_cross_attention():
+    module = trained_like(Decoder())
+    example = {"x": sequence(2, 5, True), "memory": sequence(2, 7, True)}
+    dynamic = {"x": {0: "batch"}, "memory": {0: "batch"}, "y": {0: "batch"}}
+    feeds = [{"x": sequence(batch, 5, True), "memory": sequence(batch, 7, True)} for batch in (1, 3)]
+    changes = check_heads_removed(export(module, example, dynamic), feeds, 1)
+    assert changes["groups"][0]["layers"] == ["/layer/self_attn/MatMul"]
