@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from graphsurg.passes._excise_folds import Fold
 from graphsurg.passes._excise_shapes import static_shapes
+from graphsurg.passes._excise_static import static_ints
 from graphsurg.passes._excise_weights import WeightRef, resolve_weight
 
 from graphsurg.ir import Graph, Model, Op, Value
@@ -276,7 +277,7 @@ class DepGraph:
             self.fix_value(value, reason)
 
     def weight(self, op: Op, port: int) -> WeightRef | None:
-        return resolve_weight(self.graph, op, port)
+        return resolve_weight(self.graph, op, port, lambda value: static_ints(self, value))
 
     def excluded(self, op: Op, *refs: WeightRef | None) -> bool:
         if not self.exclude:

@@ -37,7 +37,8 @@ class Excision:
                  for value, slots in self.dep.slots.items()}
         touched = [name for ref, axes in slices.values() for name in _slice(self.graph, ref, axes)]
         for fixup in self.dep.fixups:
-            self._fixup(fixup, sizes)
+            if fixup.op.graph is self.graph:  # not dropped with the chain of a weight given its own copy
+                self._fixup(fixup, sizes)
         for value, new in sizes.items():
             if value.shape is not None:
                 value.shape = tuple(new.get(a, d) if isinstance(d, int) else d for a, d in enumerate(value.shape))

@@ -17,7 +17,7 @@ def _unusable(dep: DepGraph, op: Op, ref: WeightRef | None) -> str | None:
         return f"{op.label}'s weight is not a constant"
     if dep.excluded(op, ref):
         return f"{op.label} is excluded"
-    if not ref.exclusive:
+    if not ref.exclusive and not ref.part:
         return f"{op.label}'s weight {ref.name!r} is shared with other ops or is a graph input"
     return None
 

@@ -9,8 +9,8 @@ exclusively and the chain maps axes one to one, otherwise as a fresh initializer
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from graphsurg.ir.graph import CAPTURE
 
 _DEFAULT = ("", "ai.onnx")
 CHAIN_OPS = frozenset({"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze"})
+Ints = Callable[[Value], "list[int] | None"]  # evaluates an integer input (see resolve_weight)
 # Chains through these map every axis of the result to one axis of the source.
 _AXIS_PRESERVING = frozenset({"Identity", "Cast", "Transpose", "Squeeze", "Unsqueeze"})
 
@@ -45,11 +46,14 @@ def int_list(graph: Graph, op: Op, attr: str, port: int) -> list[int] | None:
     return const_ints(graph, op.inputs[port]) if port < len(op.inputs) else None
 
 
-def _chain_step(graph: Graph, op: Op, array: np.ndarray) -> np.ndarray | None:
-    """Applies one layout op to a constant array (None when its parameters are not constant)."""
+def _chain_step(graph: Graph, op: Op, array: np.ndarray, cuts: dict | None = None) -> np.ndarray | None:
+    """Applies one layout op to a constant array (None when its parameters are not constant);
+    a Slice cuts with the bounds in `cuts`."""
     kind = op.op_type
     if kind in ("Identity", "Cast"):
         return array
+    if kind == "Slice":
+        return array[cuts[op]] if cuts and op in cuts else None
     if kind == "Transpose":
         perm = op.attr("perm")
         return np.transpose(array, perm if perm is not None else None)
@@ -81,6 +85,8 @@ class WeightRef:
     chain: list[Op]
     source: Value
     exclusive: bool  # nothing else reads the source or any chain value; safe to edit in place
+    cuts: dict[Op, tuple] = field(default_factory=dict)  # index tuples of the Slices in the chain
+    part: bool = False  # the chain cuts a part of the source that no other reader overlaps
 
     @property
     def key(self) -> tuple[int, int]:
@@ -103,7 +109,7 @@ class WeightRef:
         """The array as the op sees it (or `array`, shaped like the source, pushed through the chain)."""
         result = self.source_array() if array is None else array
         for op in self.chain:
-            stepped = _chain_step(op.graph, op, result)
+            stepped = _chain_step(op.graph, op, result, self.cuts)
             assert stepped is not None, f"{op.label} has no constant parameters"
             result = stepped
         return result
@@ -126,7 +132,7 @@ class WeightRef:
     def _chain_shapes(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         shapes, array = [], self.source_array()
         for op in self.chain:
-            stepped = _chain_step(op.graph, op, array)
+            stepped = _chain_step(op.graph, op, array, self.cuts)
             assert stepped is not None
             shapes.append((array.shape, stepped.shape))
             array = stepped
@@ -149,33 +155,74 @@ def _single_reader(graph: Graph, value: Value) -> bool:
         and value not in graph.inputs
 
 
-def resolve_weight(graph: Graph, op: Op, port: int) -> WeightRef | None:
-    """The constant behind `op.inputs[port]`, following layout ops back to an initializer or Constant."""
+def resolve_weight(graph: Graph, op: Op, port: int, ints: Ints | None = None) -> WeightRef | None:
+    """The constant behind `op.inputs[port]`, following layout ops back to an initializer or Constant.
+
+    With `ints` (evaluates an integer input that does not depend on symbolic dimensions), the
+    chain also passes Slices whose bounds it can evaluate: a packed weight split at run time
+    (torch's cross-attention cuts q and k/v rows from one in_proj_weight with bounds from Shape).
+    """
     if port >= len(op.inputs) or op.inputs[port] is None:
         return None
-    value, chain, exclusive = op.inputs[port], [], True
+    value, chain, exclusive, cuts = op.inputs[port], [], True, {}
     while True:
         if value.graph is not graph:
             return None  # an outer-scope value seen from a subgraph: not ours to edit
+        above_source = exclusive
         exclusive = exclusive and _single_reader(graph, value)
-        if value.is_const:
-            if not graph.is_fixed(value):
+        if value.is_const or _constant_op(graph, value):
+            if value.is_const and not graph.is_fixed(value):
                 return None  # a default the caller may feed instead: not the model's weight to edit
-            return WeightRef(op, port, list(reversed(chain)), value, exclusive)
+            part = above_source and bool(chain) and chain[-1] in cuts and _disjoint_cuts(graph, value, ints)
+            return WeightRef(op, port, list(reversed(chain)), value, exclusive, cuts, part)
         producer = graph.producer(value)
-        if producer is None or producer.domain not in _DEFAULT:
+        if producer is None or producer.domain not in _DEFAULT or producer.inputs[0] is None:
             return None
-        if producer.op_type == "Constant":
-            if graph.const_value(value) is None:
+        if producer.op_type == "Slice" and ints is not None:
+            cut = _cut(graph, producer, ints)  # only on the source itself
+            if cut is None:
                 return None
-            return WeightRef(op, port, list(reversed(chain)), value, exclusive)
-        if producer.op_type not in CHAIN_OPS or producer.inputs[0] is None:
-            return None
-        if producer.op_type in ("Reshape", "Squeeze", "Unsqueeze") and len(producer.inputs) > 1 \
-                and producer.inputs[1] is not None and constant_array(graph, producer.inputs[1]) is None:
+            cuts[producer] = cut
+        elif producer.op_type not in CHAIN_OPS or (
+                producer.op_type in ("Reshape", "Squeeze", "Unsqueeze") and len(producer.inputs) > 1
+                and producer.inputs[1] is not None and constant_array(graph, producer.inputs[1]) is None):
             return None
         chain.append(producer)
         value = producer.inputs[0]
+
+
+def _constant_op(graph: Graph, value: Value) -> bool:
+    producer = graph.producer(value)
+    return producer is not None and producer.domain in _DEFAULT and producer.op_type == "Constant" \
+        and graph.const_value(value) is not None
+
+
+def _cut(graph: Graph, op: Op, ints: Ints) -> tuple | None:
+    """The index tuple of a Slice that reads a constant, when `ints` evaluates its bounds."""
+    array = constant_array(graph, op.inputs[0])
+    given = [op.inputs[port] if port < len(op.inputs) else None for port in range(1, 5)]
+    starts, ends, axes, steps = (ints(v) if v is not None else None for v in given)
+    if array is None or starts is None or ends is None or (given[2] is not None and axes is None) \
+            or (given[3] is not None and steps is None):
+        return None
+    index = [slice(None)] * array.ndim
+    for i, axis in enumerate(axes if axes is not None else range(len(starts))):
+        index[axis % array.ndim] = slice(starts[i], ends[i], steps[i] if steps is not None else 1)
+    return tuple(index)
+
+
+def _disjoint_cuts(graph: Graph, source: Value, ints: Ints | None) -> bool:
+    """Whether every reader of `source` is a Slice with evaluable bounds and no two overlap."""
+    readers = graph.consumers(source)
+    if ints is None or source in graph.outputs or any(op.op_type != "Slice" or port != 0 for op, port in readers):
+        return False
+    taken = np.zeros(np.shape(constant_array(graph, source)), dtype=np.int64)
+    for op, _ in readers:
+        cut = _cut(graph, op, ints)
+        if cut is None:
+            return False
+        taken[cut] += 1
+    return bool(taken.max(initial=0) <= 1)
 
 
 def write_source(graph: Graph, ref: WeightRef, array: np.ndarray) -> None:

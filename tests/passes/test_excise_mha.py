@@ -39,12 +39,16 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    """Causal self-attention, and cross-attention whose q and k/v rows are cut from one packed
+    in_proj_weight at run time (Slices with bounds computed from Shape)."""
+
     def __init__(self):
         super().__init__()
         self.layer = nn.TransformerDecoderLayer(DIM, HEADS, 64, dropout=0.0, batch_first=True)
 
-    def forward(self, x, memory):
-        return self.layer(x, memory)
+    def forward(self, x, memory, memory_mask):
+        causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1])
+        return self.layer(x, memory, tgt_mask=causal, memory_key_padding_mask=memory_mask)
 
 
 class KeyValueWidth(nn.Module):
@@ -116,7 +120,7 @@ def padding(batch: int, length: int) -> np.ndarray:
     return mask
 
 
-def check_heads_removed(model: onnx.ModelProto, feeds: list[dict], layers: int) -> dict:
+def check_heads_removed(model: onnx.ModelProto, feeds: list[dict], layers: int):
     ir, result = excise_heads(model)
     heads = [g for g in result.changes["groups"] if g["kind"] == "heads"]
     assert len(heads) == layers and all(g["status"] == "excised" and g["units"] == HEADS for g in heads), heads
@@ -125,7 +129,7 @@ def check_heads_removed(model: onnx.ModelProto, feeds: list[dict], layers: int) 
     assert result.changes["parameters_after"] < result.changes["parameters_before"]
     oracle = heads_zeroed(model, heads).SerializeToString()
     assert max_difference(serde.to_bytes(ir), oracle, feeds) <= 1e-5
-    return result.changes
+    return ir, result.changes
 
 
 # The legacy exporter bakes the example's key length into k's and v's view (torch computes it from
@@ -149,14 +153,18 @@ def test_separate_key_value_projections_lose_heads_at_any_length():
     dynamic = {"x": {0: "batch", 1: "seq"}, "memory": {0: "batch", 1: "keys"}, "y": {0: "batch", 1: "seq"}}
     feeds = [{"x": sequence(batch, length, True), "memory": sequence(batch, keys, True, 24)}
              for batch, length, keys in ((1, 5, 7), (3, 16, 4))]
-    changes = check_heads_removed(export(module, example, dynamic), feeds, 1)
+    _, changes = check_heads_removed(export(module, example, dynamic), feeds, 1)
     assert changes["groups"][0]["layers"] == ["/attn/MatMul", "/attn/MatMul_1", "/attn/MatMul_2"]
 
 
-def test_decoder_layer_loses_self_attention_heads_and_refuses_cross_attention():
+def test_decoder_layer_loses_self_and_cross_attention_heads():
     module = trained_like(Decoder())
-    example = {"x": sequence(2, 5, True), "memory": sequence(2, 7, True)}
-    dynamic = {"x": {0: "batch"}, "memory": {0: "batch"}, "y": {0: "batch"}}
-    feeds = [{"x": sequence(batch, 5, True), "memory": sequence(batch, 7, True)} for batch in (1, 3)]
-    changes = check_heads_removed(export(module, example, dynamic), feeds, 1)
-    assert changes["groups"][0]["layers"] == ["/layer/self_attn/MatMul"]
+    example = {"x": sequence(2, 5, True), "memory": sequence(2, 7, True), "memory_mask": padding(2, 7)}
+    dynamic = {"x": {0: "batch"}, "memory": {0: "batch"}, "memory_mask": {0: "batch"}, "y": {0: "batch"}}
+    feeds = [{"x": sequence(batch, 5, True), "memory": sequence(batch, 7, True), "memory_mask": padding(batch, 7)}
+             for batch in (1, 3)]
+    ir, changes = check_heads_removed(export(module, example, dynamic), feeds, 2)
+    layers = [g["layers"] for g in changes["groups"] if g["kind"] == "heads"]
+    assert layers == [["/layer/self_attn/MatMul"], ["/layer/multihead_attn/MatMul", "/layer/multihead_attn/MatMul_1"]]
+    # q and k/v each got their own sliced copy; the packed weight and the Slices are gone
+    assert "layer.multihead_attn.in_proj_weight" not in ir.graph.initializers
