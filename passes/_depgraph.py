@@ -35,8 +35,6 @@ from graphsurg.passes._excise_weights import WeightRef, resolve_weight
 from graphsurg.ir import Graph, Model, Op, Value
 
 MAX_REASONS = 3
-# The ops that move folds; Shape's reads are checked by _excise_dims; any other op fixes them.
-FOLD_RULES = frozenset({"Reshape", "Transpose", "Shape"})
 
 
 class Labels:
@@ -181,7 +179,7 @@ class DepGraph:
     @classmethod
     def build(cls, model: Model, mode: str = "heads", exclude: Iterable[str] = ()) -> DepGraph:
         from graphsurg.passes._excise_dims import check_dimension_reads
-        from graphsurg.passes._excise_rules import generic_rule, load_rules
+        from graphsurg.passes._excise_rules import FOLD_AWARE, generic_rule, load_rules
 
         dep = cls(model, mode, exclude)
         rules, order = load_rules(), dep.graph.topological_order()
@@ -190,7 +188,7 @@ class DepGraph:
             dep.order[op] = index
             rule: Callable[[DepGraph, Op], None] = rules.get(op.op_type, generic_rule) \
                 if op.domain in ("", "ai.onnx") else generic_rule
-            if op.op_type not in FOLD_RULES:
+            if op.op_type not in FOLD_AWARE:
                 dep.fix_folds(op)
             rule(dep, op)
         dep._fix_boundaries()
@@ -319,6 +317,30 @@ class DepGraph:
                 self.labels.union_arrays(arrays[0], a)
             self._align_others(op, operands, joint, arrays[0])
             result[joint] = arrays[0]
+        return result
+
+    def align_folds(self, op: Op, operands: list[tuple[int, list]]) -> dict:
+        """Folds meeting on a joint, as `align` for slots: unioned pointwise when they have the
+        same period and outer factors, while operands without the fold broadcast there (size 1);
+        otherwise fixed. Returns joint id -> fold."""
+        found: dict = {}
+        for port, joints in operands:
+            for axis, fold in self.folds.get(op.inputs[port], {}).items():
+                if axis < len(joints):
+                    found.setdefault(joints[axis], []).append(fold)
+        result = {}
+        for joint, folds in found.items():
+            first = folds[0]
+            unfolded = [self.size(op.inputs[port], axis) for port, joints in operands for axis, j in enumerate(joints)
+                        if j == joint and axis not in self.folds.get(op.inputs[port], {})]
+            if any(len(f.labels) != len(first.labels) or f.outer != first.outer for f in folds) \
+                    or any(size != 1 for size in unfolded):
+                for fold in folds:
+                    self.labels.fix(fold.labels, f"{op.label} combines them, folded, with a tensor folded otherwise")
+                continue
+            for fold in folds[1:]:
+                self.labels.union_arrays(first.labels, fold.labels)
+            result[joint] = first
         return result
 
     def _align_others(self, op: Op, operands: list[tuple[int, list]], joint, labels: np.ndarray) -> None:

@@ -5,7 +5,8 @@ head_dim): the head becomes the fast-running part of a dimension whose size is s
 *fold* records such an axis: its labels (one per head) repeat along it, and the axis is that
 many labels times an outer factor that depends on the symbolic dimensions (kept per probe of
 them, so a later Reshape can split the axis again). Folds live beside the slots, out of sight of
-the ordinary rules: only Reshape and Transpose move them, anything else fixes their labels.
+rules that do not expect them: the rules registered with `folds=True` move them (Reshape,
+Transpose, attention MatMul, Softmax, elementwise ops), any other op fixes their labels.
 
 The same export computes q, k and v with one packed MatMul and unflattens the result into
 (..., 3, E) before picking q, k and v with Gather. A split whose outer axis is only ever picked

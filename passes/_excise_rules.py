@@ -18,6 +18,7 @@ from graphsurg.ir import Op
 
 Rule = Callable[..., None]
 RULES: dict[str, Rule] = {}
+FOLD_AWARE: set[str] = set()  # ops whose rule also moves folds (see `_excise_folds`); the others fix them
 _FAMILIES = ("_excise_rules_ops", "_excise_rules_layers", "_excise_rules_layout")
 
 
@@ -28,10 +29,12 @@ def load_rules() -> dict[str, Rule]:
     return RULES
 
 
-def rule(*names: str) -> Callable[[Rule], Rule]:
+def rule(*names: str, folds: bool = False) -> Callable[[Rule], Rule]:
     def register(fn: Rule) -> Rule:
         for name in names:
             RULES[name] = fn
+            if folds:
+                FOLD_AWARE.add(name)
         return fn
     return register
 

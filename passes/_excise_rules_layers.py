@@ -132,17 +132,24 @@ def gemm(dep: DepGraph, op: Op) -> None:
         dep.put(op.outputs[0], 1, labels)
 
 
-@rule("MatMul")
+@rule("MatMul", folds=True)
 def matmul(dep: DepGraph, op: Op) -> None:
     """MatMul with a constant 2-D operand is a layer; between activations it is attention:
-    batch axes (heads) are coupled and a labeled contraction axis must match on both sides."""
+    batch axes (heads, also folded into the batch) are coupled and a labeled contraction axis
+    must match on both sides."""
+    if not _matmul(dep, op):
+        dep.fix_folds(op)
+
+
+def _matmul(dep: DepGraph, op: Op) -> bool:
+    """Applies the rule; True when it was attention between activations (which moves folds)."""
     a, b = op.inputs
     ra, rb = dep.rank(a), dep.rank(b)
     if not dep.get(a) and not dep.get(b) and (ra is None or rb is None):
-        return
+        return False
     if ra is None or rb is None or ra < 2 or rb < 2:
         dep.fix_inputs(op, f"{op.label} has an operand of unknown rank or a vector operand")
-        return
+        return False
     const_a, const_b = dep.graph.const_value(a) is not None or dep.weight(op, 0) is not None, \
         dep.graph.const_value(b) is not None or dep.weight(op, 1) is not None
     if const_b and not const_a and rb == 2:
@@ -151,8 +158,10 @@ def matmul(dep: DepGraph, op: Op) -> None:
         _matmul_layer(dep, op, data_port=1, weight_port=0)
     elif not const_a and not const_b:
         _matmul_activations(dep, op, ra, rb)
+        return True
     else:
         dep.fix_inputs(op, f"{op.label} multiplies by a batched constant")
+    return False
 
 
 def _matmul_layer(dep: DepGraph, op: Op, data_port: int, weight_port: int) -> None:
@@ -173,11 +182,17 @@ def _matmul_activations(dep: DepGraph, op: Op, ra: int, rb: int) -> None:
     top = max(ra, rb)
     joints_a = [top - ra + i if i < ra - 1 else "K" for i in range(ra)]
     joints_b = [top - rb + i if i != rb - 2 else "K" for i in range(rb)]
-    for joint, labels in dep.align(op, [(0, joints_a), (1, joints_b)]).items():
+    operands = [(0, joints_a), (1, joints_b)]
+    for joint, labels in dep.align(op, operands).items():
         if joint == "K":
             dep.labels.mark(dep.labels.live, labels)  # their product leaves through no weight
         else:
             dep.put(op.outputs[0], joint, labels)
+    for joint, fold in dep.align_folds(op, operands).items():
+        if joint == "K":
+            dep.labels.fix(fold.labels, f"{op.label} contracts them folded into a symbolic dimension")
+        else:
+            dep.fold(op.outputs[0], joint, fold)
 
 
 @rule("Gather")

@@ -14,7 +14,7 @@ from graphsurg.passes._excise_static import split_sizes, static_ints
 from graphsurg.ir import Op
 
 
-@rule("Transpose")
+@rule("Transpose", folds=True)
 def transpose(dep: DepGraph, op: Op) -> None:
     slots, folds = dep.get(op.inputs[0]), dep.folds.get(op.inputs[0], {})
     if not slots and not folds:
@@ -31,7 +31,7 @@ def transpose(dep: DepGraph, op: Op) -> None:
         dep.fold(op.outputs[0], list(perm).index(axis), fold)
 
 
-@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze", folds=True)
 def reshape(dep: DepGraph, op: Op) -> None:
     """Maps labels through the reshape (Flatten repeats each channel over its positions); a split
     of channels into (heads, head size) ties each head, or fixes them with target=channels; a
@@ -43,13 +43,14 @@ def reshape(dep: DepGraph, op: Op) -> None:
         return
     if folds and op.op_type != "Reshape":
         dep.fix_folds(op)
+        folds = {}
     in_shape, out_shape = dep.shape(x), _out_shape(dep, op)
     for axis, labels in dep.get(x).items():
         mapped = map_reshape(dep.labels, in_shape, out_shape, axis, labels)
         if isinstance(mapped, str) and op.op_type == "Reshape" and mapped in SYMBOLIC_REFUSALS:
             mapped = map_folded(dep, op, axis, labels, folded=False)
         _place(dep, op, labels, mapped)
-    for axis, fold in folds.items() if op.op_type == "Reshape" else ():
+    for axis, fold in folds.items():
         _place(dep, op, fold.labels, map_folded(dep, op, axis, fold.labels, folded=True))
     if op.op_type == "Reshape" and (dep.get(out) or dep.folds.get(out)):
         patch = plan_shape_patch(dep, op)
@@ -64,7 +65,7 @@ def _place(dep: DepGraph, op: Op, labels: np.ndarray, mapped: tuple | str) -> No
     if isinstance(mapped, str):
         dep.labels.fix(labels, f"{op.label} {mapped}")
         return
-    axes, grid, outer = (*mapped, None)[:3]
+    axes, grid, outer = mapped if len(mapped) == 3 else (*mapped, None)
     if len(axes) == 2 and outer is None and picked_segments(dep, op.outputs[0], axes[0]):
         for segment in grid[1:]:  # the same positions go from every segment, so they stay equal
             dep.labels.union_arrays(grid[0], segment)

@@ -19,12 +19,14 @@ UNARY = (
 )
 
 
-@rule(*UNARY)
+@rule(*UNARY, folds=True)
 def passthrough(dep: DepGraph, op: Op) -> None:
     """Elementwise on input 0 (Clip's bounds are scalars, CastLike's second input gives a dtype)."""
     for out in op.outputs if op.op_type == "Dropout" else op.outputs[:1]:
         for axis, labels in dep.get(op.inputs[0]).items():
             dep.put(out, axis, labels)
+        for axis, fold in dep.folds.get(op.inputs[0], {}).items():
+            dep.fold(out, axis, fold)
 
 
 ELEMENTWISE = (
@@ -33,10 +35,10 @@ ELEMENTWISE = (
 )
 
 
-@rule(*ELEMENTWISE)
+@rule(*ELEMENTWISE, folds=True)
 def elementwise(dep: DepGraph, op: Op) -> None:
     """Broadcasting n-ary ops: residual Add/Sub/Mul couple their operands' channels pointwise."""
-    if not any(dep.get(v) for v in op.inputs):
+    if not any(dep.get(v) or dep.folds.get(v) for v in op.inputs):
         return
     ranks = [dep.rank(v) for v in op.inputs]
     if any(r is None for r in ranks):
@@ -46,9 +48,12 @@ def elementwise(dep: DepGraph, op: Op) -> None:
     operands = [(port, list(range(top - rank, top))) for port, rank in enumerate(ranks)]
     for joint, labels in dep.align(op, operands).items():
         dep.put(op.outputs[0], joint, labels)
+    for joint, fold in dep.align_folds(op, operands).items():
+        dep.fold(op.outputs[0], joint, fold)
 
 
-@rule("Shape", "Size", "Constant", "ConstantOfShape")
+# Shape's reads of a fold are checked with the other counts it reads (`_excise_dims`).
+@rule("Shape", "Size", "Constant", "ConstantOfShape", folds=True)
 def no_channels(dep: DepGraph, op: Op) -> None:
     """Shape and Size read sizes, not values: their results adapt when channels go."""
 
@@ -117,15 +122,19 @@ def local_response_norm(dep: DepGraph, op: Op) -> None:
         dep.put(op.outputs[0], axis, labels)
 
 
-@rule("Softmax", "LogSoftmax", "Hardmax")
+@rule("Softmax", "LogSoftmax", "Hardmax", folds=True)
 def softmax(dep: DepGraph, op: Op) -> None:
     rank = dep.rank(op.inputs[0])
     new_semantics = dep.model.opset >= 13
     axis = axis_attr(op, "axis", -1 if new_semantics else 1, rank)
-    for a, labels in dep.get(op.inputs[0]).items():
+    slots = [(a, labels, None) for a, labels in dep.get(op.inputs[0]).items()]
+    for a, labels, fold in slots + [(a, f.labels, f) for a, f in dep.folds.get(op.inputs[0], {}).items()]:
         if axis is None or a == axis or (not new_semantics and a >= axis):
             dep.labels.fix(labels, f"{op.label} normalizes across them")
-        dep.put(op.outputs[0], a, labels)
+        if fold is None:
+            dep.put(op.outputs[0], a, labels)
+        else:
+            dep.fold(op.outputs[0], a, fold)
 
 
 REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp",

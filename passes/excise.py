@@ -43,18 +43,23 @@ class Excise(Pass):
     that splits channels into heads ties each head: Q, K, V columns and the output projection
     rows go together; target=heads or auto), symbolic batch/sequence dimensions, and Reshape
     targets, Slice bounds and Split sizes that carry a head count or width, also when computed
-    from Shape (rewritten as constants). torch's nn.MultiheadAttention (TorchScript export, so
-    TransformerEncoderLayer/DecoderLayer self-attention, and separate q/k/v projections when
-    kdim/vdim differ): a packed in-projection unflattened into q/k/v segments (the same heads
-    go from each), heads folded into the symbolic batch (seq, batch*heads, head_dim: that
-    target entry becomes -1), a padding mask Expanded over the heads (its size rewritten).
+    from Shape (rewritten as constants). torch's nn.MultiheadAttention (TorchScript export:
+    TransformerEncoderLayer, TransformerDecoderLayer self- and cross-attention, separate q/k/v
+    projections when kdim/vdim differ, need_weights on or off): a packed in-projection
+    unflattened into q/k/v segments (the same heads go from each), a packed weight cut into q
+    and k/v rows by Slices with bounds from Shape (each part gets its own sliced copy), heads
+    folded into the symbolic batch (seq, batch*heads, head_dim: that target entry becomes -1;
+    attention, softmax and elementwise ops on the folded layout), a padding mask Expanded over
+    the heads (its size rewritten).
     `target`: channels (no head splits), heads (only groups with heads), auto (both).
     Refuses, per group and with the reasons listed: channels that reach a graph output, ops it
     cannot shrink, softmax/ArgMax/ReduceProd over channels, tensors without labels combined with
     them, shared weights or weights that are graph inputs, excluded layers, Reshapes into a
     symbolic dimension, channel counts read by Shape that reach a place the pass cannot rewrite,
-    heads folded into a symbolic dimension that reach anything but Reshape/Transpose (or a
-    Reshape that infers another dimension), GroupNorm and grouped ConvTranspose. Never removes
+    heads folded into a symbolic dimension that reach an op other than Reshape, Transpose,
+    MatMul between activations, Softmax, elementwise ops and Shape (or a Reshape that infers
+    another dimension, a contraction over them, a tensor folded otherwise), GroupNorm and
+    grouped ConvTranspose. Never removes
     a group's last unit. Main graph only; a value read inside an If/Loop/Scan body is left alone.
     """
 

@@ -52,14 +52,16 @@ class Decoder(nn.Module):
 
 
 class KeyValueWidth(nn.Module):
-    """kdim = vdim != embed_dim: separate q, k and v projections."""
+    """kdim = vdim != embed_dim: separate q, k and v projections. need_weights (the default)
+    computes attention in the folded (batch*heads, seq, keys) layout."""
 
-    def __init__(self):
+    def __init__(self, need_weights: bool):
         super().__init__()
         self.attn = nn.MultiheadAttention(DIM, HEADS, kdim=24, vdim=24, batch_first=True)
+        self.need_weights = need_weights
 
-    def forward(self, x, memory):
-        return self.attn(x, memory, memory, need_weights=False)[0]
+    def forward(self, x, memory, memory_mask):
+        return self.attn(x, memory, memory, key_padding_mask=memory_mask, need_weights=self.need_weights)[0]
 
 
 def trained_like(module: nn.Module) -> nn.Module:
@@ -147,12 +149,14 @@ def test_encoder_layer_loses_heads_like_zeroed_out_projection(batch_first, maske
     check_heads_removed(export(module, example, dynamic), feeds, layers)
 
 
-def test_separate_key_value_projections_lose_heads_at_any_length():
-    module = trained_like(KeyValueWidth())
-    example = {"x": sequence(2, 5, True), "memory": sequence(2, 7, True, 24)}
-    dynamic = {"x": {0: "batch", 1: "seq"}, "memory": {0: "batch", 1: "keys"}, "y": {0: "batch", 1: "seq"}}
-    feeds = [{"x": sequence(batch, length, True), "memory": sequence(batch, keys, True, 24)}
-             for batch, length, keys in ((1, 5, 7), (3, 16, 4))]
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_separate_key_value_projections_lose_heads_at_any_length(need_weights):
+    module = trained_like(KeyValueWidth(need_weights))
+    example = {"x": sequence(2, 5, True), "memory": sequence(2, 7, True, 24), "memory_mask": padding(2, 7)}
+    dynamic = {"x": {0: "batch", 1: "seq"}, "memory": {0: "batch", 1: "keys"}, "memory_mask": {0: "batch", 1: "keys"},
+               "y": {0: "batch", 1: "seq"}}
+    feeds = [{"x": sequence(batch, length, True), "memory": sequence(batch, keys, True, 24),
+              "memory_mask": padding(batch, keys)} for batch, length, keys in ((1, 5, 7), (3, 16, 4))]
     _, changes = check_heads_removed(export(module, example, dynamic), feeds, 1)
     assert changes["groups"][0]["layers"] == ["/attn/MatMul", "/attn/MatMul_1", "/attn/MatMul_2"]
 
