@@ -20,13 +20,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from graphsurg.passes._excise_reshape import MAX_MAPPED_ELEMENTS, resolve_target
+from graphsurg.passes._excise_reshape import ACROSS_SYMBOLIC, INTO_SYMBOLIC, MAX_MAPPED_ELEMENTS, resolve_target
 from graphsurg.passes._excise_static import ints_param, probed_ints, probes, static_ints
 
 from graphsurg.ir import Op, Value
 
-# map_reshape's refusals that a fold can resolve: the channels meet a symbolic dimension.
-SYMBOLIC_REFUSALS = ("moves them across a symbolic dimension", "moves them into a dimension of symbolic size")
+SYMBOLIC_REFUSALS = (ACROSS_SYMBOLIC, INTO_SYMBOLIC)  # map_reshape's refusals that a fold can resolve
 
 
 @dataclass

@@ -25,6 +25,9 @@ from graphsurg.ir import Graph, Op
 # Mapping materializes one index per element with symbolic dimensions taken as 1; beyond this a
 # reshape is left alone rather than spending gigabytes on it.
 MAX_MAPPED_ELEMENTS = 1 << 25
+# map_reshape's refusals where the channels meet a symbolic dimension (a fold may resolve them).
+ACROSS_SYMBOLIC = "moves them across a symbolic dimension"
+INTO_SYMBOLIC = "moves them into a dimension of symbolic size"
 
 
 def _concrete(shape: tuple | None) -> list[int] | None:
@@ -42,7 +45,7 @@ def map_reshape(labels_uf, in_shape: tuple | None, out_shape: tuple | None, axis
     if axis >= len(cin) or cin[axis] != len(labels):
         return "disagrees with the channel count of its input"
     if math.prod(cin) != math.prod(cout):
-        return "moves them across a symbolic dimension"
+        return ACROSS_SYMBOLIC
     if math.prod(cin) > MAX_MAPPED_ELEMENTS:
         return "is too large to map"
     view = [1] * len(cin)
@@ -51,7 +54,7 @@ def map_reshape(labels_uf, in_shape: tuple | None, out_shape: tuple | None, axis
     roots = labels_uf.roots(labels)[cells]
     varying = [a for a in range(len(cout)) if cout[a] > 1 and bool((roots != roots.take([0], axis=a)).any())]
     if any(not isinstance(out_shape[a], int) for a in varying):
-        return "moves them into a dimension of symbolic size"
+        return INTO_SYMBOLIC
     index = tuple(slice(None) if a in varying else 0 for a in range(len(cout)))
     return varying, labels[cells[index]]
 
