@@ -42,7 +42,16 @@ class Excision:
         for value, new in sizes.items():
             if value.shape is not None:
                 value.shape = tuple(new.get(a, d) if isinstance(d, int) else d for a, d in enumerate(value.shape))
+        self._forget_folded_dims()
         return touched
+
+    def _forget_folded_dims(self) -> None:
+        """A fold that lost heads no longer has its recorded size ("4*batch"): that dimension
+        becomes unknown, or onnxruntime would take it for the same size as an intact layer's."""
+        for value, folds in self.dep.folds.items():
+            shrunk = {axis for axis, fold in folds.items() if not self.keep(fold.labels).all()}
+            if shrunk and value.shape is not None:
+                value.shape = tuple(None if a in shrunk else d for a, d in enumerate(value.shape))
 
     def _slices(self) -> dict[tuple, tuple[WeightRef, dict[int, np.ndarray]]]:
         slices: dict[tuple, tuple[WeightRef, dict[int, np.ndarray]]] = {}
@@ -63,7 +72,8 @@ class Excision:
             slots = {**self.dep.get(out), **{a: fold.labels for a, fold in self.dep.folds.get(out, {}).items()}}
             kept = {a: int(self.keep(slots[a]).sum()) for a in fixup.data["axes"]}
             unchanged = all(kept[a] == len(slots[a]) for a in kept)
-            # Computed targets may take a count from Shape of a tensor that did shrink: they become constants.
+            # Computed targets may take a count from Shape of a tensor that did shrink: their places are
+            # written even when their own axes keep every unit.
             if not unchanged or resolve_weight(self.graph, op, 1) is None:
                 apply_shape_patch(self.graph, op, fixup.data, kept)
             return

@@ -264,9 +264,15 @@ def _broadcast_axis(dep: DepGraph, op: Op) -> None:
     spec, rank = static_ints(dep, op.inputs[1]), dep.rank(op.inputs[0])
     if spec is None or rank is None or len(spec) < rank:
         return
-    shift = len(spec) - rank
-    repeated = [a for a, size in enumerate(spec) if size > 1 and (a < shift or dep.size(op.inputs[0], a - shift) == 1)]
+    repeated = repeated_unit_axes(spec, [dep.size(op.inputs[0], a) for a in range(rank)])
     if len(repeated) == 1 and repeated[0] not in dep.get(op.outputs[0]):
         labels = dep.labels.new(spec[repeated[0]])
         dep.put(op.outputs[0], repeated[0], labels)
         dep.fixups.append(Fixup("expand", op, labels, data={"spec": spec, "axis": repeated[0]}))
+
+
+def repeated_unit_axes(spec: list[int], sizes: list) -> list[int]:
+    """The axes an Expand to `spec` repeats to a static size: unit axes of its input (of static
+    `sizes`, aligned to the right) and the axes it prepends."""
+    shift = len(spec) - len(sizes)
+    return [a for a, size in enumerate(spec) if size > 1 and (a < shift or sizes[a - shift] == 1)]

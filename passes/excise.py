@@ -9,6 +9,7 @@ import numpy as np
 from graphsurg.passes._depgraph import DepGraph
 from graphsurg.passes._excise_apply import Excision
 from graphsurg.passes._excise_plan import Group, choose, collect_groups, emptied_groups, unit_scores
+from graphsurg.passes._excise_untie import untie_broadcasts
 
 from graphsurg.ir import Model
 from graphsurg.pipeline import Pass, PassContext, PassResult
@@ -50,7 +51,13 @@ class Excise(Pass):
     and k/v rows by Slices with bounds from Shape (each part gets its own sliced copy), heads
     folded into the symbolic batch (seq, batch*heads, head_dim: that target entry becomes -1;
     attention, softmax and elementwise ops on the folded layout), a padding mask Expanded over
-    the heads (its size rewritten).
+    the heads (its size rewritten). The same layers as torch's dynamo exporter writes them
+    (opset 20): q, k, v picked from the packed projection by Gather, heads folded and unfolded
+    again as (batch, heads, seq, head_dim), a target entry that copies the head count from
+    Shape of a tensor with the same heads (left as it is: it adapts at run time), target shapes
+    shared by the layers (a shared Concat is copied for each Reshape it is rewritten for), one
+    expanded mask added in every layer (the Expand and the layout ops after it are copied per
+    reader first, so each layer's heads stay a group of their own).
     `target`: channels (no head splits), heads (only groups with heads), auto (both).
     Refuses, per group and with the reasons listed: channels that reach a graph output, ops it
     cannot shrink, softmax/ArgMax/ReduceProd over channels, tensors without labels combined with
@@ -69,6 +76,7 @@ class Excise(Pass):
     def run(self, model: Model, ctx: PassContext, result: PassResult) -> None:
         p = self.params
         before = model.parameter_count()
+        untied = untie_broadcasts(model.graph) if p.target != "channels" else 0
         dep = DepGraph.build(model, "channels" if p.target == "channels" else "heads", p.exclude)
         groups = collect_groups(dep)
         scores, dead = unit_scores(dep, model, p.importance, ctx) if groups else ({}, set())
@@ -80,6 +88,8 @@ class Excise(Pass):
         touched = Excision(dep, removed).run() if removed else []
         result.touch(*touched)
         self._record(dep, groups, result, before, model.parameter_count())
+        result.modified = result.modified or untied > 0  # the copies change the graph, if not its function
+        result.changes["untied_copies"] = untied
 
     @staticmethod
     def _undo_emptying(dep: DepGraph, groups: list[Group]) -> None:

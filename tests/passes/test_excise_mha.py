@@ -1,7 +1,11 @@
 """excise on torch's nn.MultiheadAttention (TransformerEncoderLayer, TransformerDecoderLayer),
 exported with the TorchScript exporter: a packed in-projection unflattened into (q, k, v)
 segments, heads folded into the symbolic batch (seq, batch*heads, head_dim), a key padding mask
-expanded over the heads, and the head count and width computed from Shape.
+expanded over the heads, and the head count and width computed from Shape. And the BERT-style
+encoder as the dynamo exporter writes it (tests/fixtures/dynamo): q, k and v picked from the
+packed projection by Gather, heads unfolded again as (batch, heads, seq, head_dim), k's head
+split rebuilt from its own Shape, one expanded mask and one set of target shapes shared by both
+layers.
 
 The oracle: removing head h is the same function as zeroing head h's columns of out_proj in the
 original model (the head reaches the output only through them)."""
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -89,20 +95,33 @@ def excise_heads(model: onnx.ModelProto, spec: str = "excise{target=heads,ratio=
     return ir, result
 
 
-def heads_zeroed(model: onnx.ModelProto, groups: list[dict]) -> onnx.ModelProto:
+def legacy_out_proj(in_proj: str) -> str:
+    """The TorchScript exporter names ops after module paths (/layer/self_attn/MatMul)."""
+    return ".".join(in_proj.strip("/").split("/")[:-1]) + ".out_proj.weight"
+
+
+def heads_zeroed(model: onnx.ModelProto, groups: list[dict],
+                 out_proj: Callable[[str], str] = legacy_out_proj) -> onnx.ModelProto:
     """The original with the out_proj columns of every removed head set to zero."""
-    zeroed = onnx.ModelProto()
-    zeroed.CopyFrom(model)
-    weights = {t.name: t for t in zeroed.graph.initializer}
+    cuts = {}
     for group in groups:
         in_proj = group["layers"][0]  # q's columns come first, as heads in order
         heads = sorted({c // (DIM // HEADS) for c in group["removed"][in_proj] if c < DIM})
-        name = ".".join(in_proj.strip("/").split("/")[:-1]) + ".out_proj.weight"
-        array = numpy_helper.to_array(weights[name]).copy()
-        for h in heads:
-            array[:, h * DIM // HEADS:(h + 1) * DIM // HEADS] = 0
-        weights[name].CopyFrom(numpy_helper.from_array(array, name))
-    return zeroed
+        cuts[out_proj(in_proj)] = (1, [c for h in heads for c in range(h * DIM // HEADS, (h + 1) * DIM // HEADS)])
+    return zeroed(model, cuts)
+
+
+def zeroed(model: onnx.ModelProto, cuts: dict[str, tuple[int, list[int]]]) -> onnx.ModelProto:
+    """A copy of `model` whose initializers named in `cuts` have the (axis, indices) given set to zero."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for tensor in copy.graph.initializer:
+        if tensor.name in cuts:
+            axis, indices = cuts[tensor.name]
+            array = numpy_helper.to_array(tensor).copy()
+            array[(slice(None),) * axis + (indices,)] = 0
+            tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+    return copy
 
 
 def max_difference(a: bytes, b: bytes, feeds: list[dict]) -> float:
@@ -122,14 +141,16 @@ def padding(batch: int, length: int) -> np.ndarray:
     return mask
 
 
-def check_heads_removed(model: onnx.ModelProto, feeds: list[dict], layers: int):
-    ir, result = excise_heads(model)
+def check_heads_removed(model: onnx.ModelProto, feeds: list[dict], layers: int,
+                        spec: str = "excise{target=heads,ratio=0.5}",
+                        out_proj: Callable[[str], str] = legacy_out_proj):
+    ir, result = excise_heads(model, spec)
     heads = [g for g in result.changes["groups"] if g["kind"] == "heads"]
     assert len(heads) == layers and all(g["status"] == "excised" and g["units"] == HEADS for g in heads), heads
     assert all(len(g["removed_units"]) == HEADS // 2 for g in heads)
     onnx.checker.check_model(serde.to_proto(ir), full_check=True)
     assert result.changes["parameters_after"] < result.changes["parameters_before"]
-    oracle = heads_zeroed(model, heads).SerializeToString()
+    oracle = heads_zeroed(model, heads, out_proj).SerializeToString()
     assert max_difference(serde.to_bytes(ir), oracle, feeds) <= 1e-5
     return ir, result.changes
 
@@ -172,3 +193,50 @@ def test_decoder_layer_loses_self_and_cross_attention_heads():
     assert layers == [["/layer/self_attn/MatMul"], ["/layer/multihead_attn/MatMul", "/layer/multihead_attn/MatMul_1"]]
     # q and k/v each got their own sliced copy; the packed weight and the Slices are gone
     assert "layer.multihead_attn.in_proj_weight" not in ir.graph.initializers
+
+
+DYNAMO_ENCODER = Path(__file__).resolve().parents[1] / "fixtures" / "dynamo" / "dynamo_encoder"
+# The dynamo exporter names ops after torch ops: each layer's packed in-projection MatMul, and
+# the out_proj weight its heads reach.
+DYNAMO_OUT_PROJ = {"node_MatMul_18": "encoder.layers.0.self_attn.out_proj.weight",
+                   "node_MatMul_127": "encoder.layers.1.self_attn.out_proj.weight"}
+# Each layer's feed-forward: linear1 (whose outputs the record lists) and linear2's weight (rows in).
+DYNAMO_LINEAR2 = {"node_MatMul_123": "val_128", "node_MatMul_228": "val_237"}
+
+
+def dynamo_feeds() -> list[dict]:
+    """The stored inputs (3 x 12, one sequence padded), and other batch sizes and lengths (the
+    export has no length baked in: the original runs at all of them)."""
+    stored = [onnx.load_tensor(str(path)) for path in sorted((DYNAMO_ENCODER / "test_data_set_0").glob("input_*.pb"))]
+    feeds = [{t.name: numpy_helper.to_array(t) for t in stored}]
+    for batch, length in ((1, 5), (4, 16), (2, 1)):
+        ids = RNG.integers(0, 100, (batch, length))
+        mask = np.ones_like(ids)
+        mask[-1, length // 2 + 1:] = 0
+        feeds.append({"ids": ids, "mask": mask})
+    return feeds
+
+
+@pytest.mark.parametrize(("spec", "layers"), [
+    ("excise{target=heads,ratio=0.5}", ["node_MatMul_18", "node_MatMul_127"]),
+    # layers keeping different head counts: the target shapes and the mask they share are copied
+    ("excise{target=heads,ratio=0.5,exclude=node_MatMul_127}", ["node_MatMul_18"])])
+def test_dynamo_encoder_loses_each_layers_heads_like_zeroed_out_projection(spec, layers):
+    model = onnx.load(DYNAMO_ENCODER / "model.onnx")
+    _, changes = check_heads_removed(model, dynamo_feeds(), len(layers), spec, DYNAMO_OUT_PROJ.get)
+    assert [g["layers"] for g in changes["groups"] if g["kind"] == "heads"] == [[name] for name in layers]
+
+
+def test_dynamo_encoder_loses_heads_and_feed_forward_channels_together():
+    """target=auto: removing linear1's output c is zeroing linear2's input row c (gelu(bias) of
+    a removed channel reaches nothing else)."""
+    model = onnx.load(DYNAMO_ENCODER / "model.onnx")
+    ir, result = excise_heads(model, "excise{ratio=0.5}")
+    groups = [g for g in result.changes["groups"] if g["status"] == "excised"]
+    heads = [g for g in groups if g["kind"] == "heads"]
+    feed_forward = {g["layers"][0]: g["removed"][g["layers"][0]] for g in groups if g["kind"] == "channels"}
+    assert len(heads) == 2 and sorted(feed_forward) == sorted(DYNAMO_LINEAR2)
+    assert all(len(rows) == 32 for rows in feed_forward.values())
+    cuts = {DYNAMO_LINEAR2[layer]: (0, rows) for layer, rows in feed_forward.items()}
+    oracle = zeroed(heads_zeroed(model, heads, DYNAMO_OUT_PROJ.get), cuts).SerializeToString()
+    assert max_difference(serde.to_bytes(ir), oracle, dynamo_feeds()) <= 1e-5

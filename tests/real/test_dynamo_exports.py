@@ -71,17 +71,25 @@ def test_excised_dynamo_cnn_runs_and_recovers():
     assert record.results[0].modified and recovered > max(excised, 0.9), (excised, recovered)
 
 
-def test_excised_dynamo_encoder_shrinks_its_feed_forward_layers_and_runs_at_any_size():
+def test_excised_dynamo_encoder_shrinks_its_attention_and_feed_forward_layers_and_runs_at_any_size():
+    """Each layer loses half its heads and half its feed-forward channels, as independent groups
+    (the expanded mask and the target shapes both layers share are copied per reader); the
+    embeddings' channels reach the output `hidden` and stay."""
     model = serde.load(fixture("dynamo_encoder"))
     result = run_passes(model, [make_pass("excise{ratio=0.5}")]).results[0]
     groups = result.changes["groups"]
-    feed_forward = [g for g in groups if g["status"] == "excised" and g["kind"] == "channels"]
-    assert len(feed_forward) == 2 and all(len(g["removed_units"]) == g["units"] // 2 for g in feed_forward)
-    assert all(g["reason"] for g in groups if g["status"] == "refused")
+    excised = {kind: [g for g in groups if g["status"] == "excised" and g["kind"] == kind]
+               for kind in ("heads", "channels")}
+    assert [len(g["layers"]) for g in excised["heads"]] == [1, 1] and len(excised["channels"]) == 2
+    assert all(len(g["removed_units"]) == g["units"] // 2 for g in excised["heads"] + excised["channels"])
+    assert all("reach the graph output" in g["reason"] for g in groups if g["status"] == "refused")
+    assert result.changes["parameters_after"] < 0.65 * result.changes["parameters_before"]
     session = ort.InferenceSession(serde.to_bytes(model), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for batch, seq in ((1, 5), (4, 16)):
         ids = rng.integers(0, 100, (batch, seq))
-        hidden, pooled = session.run(None, {"ids": ids, "mask": np.ones_like(ids)})
+        mask = np.ones_like(ids)
+        mask[-1, seq // 2:] = 0
+        hidden, pooled = session.run(None, {"ids": ids, "mask": mask})
         assert hidden.shape == (batch, seq, 32) and pooled.shape == (batch, 32)
         assert np.isfinite(hidden).all()
