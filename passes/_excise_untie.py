@@ -10,6 +10,8 @@ layout ops after it (a function-preserving edit of a few tiny ops) keeps the lay
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from graphsurg.passes._excise_rules_ops import repeated_unit_axes
 from graphsurg.passes._excise_weights import const_ints
 
@@ -18,12 +20,30 @@ from graphsurg.ir import Graph, Op, Value
 _LAYOUT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast"})
 
 
-def untie_broadcasts(graph: Graph) -> int:
+@dataclass
+class Untied:
+    """The copies made, so that a run which removes nothing can leave the graph as it found it."""
+
+    copies: list[Op] = field(default_factory=list)
+    rewired: list[tuple[Op, int, Value]] = field(default_factory=list)  # reader, port, what it read
+
+    def undo(self, graph: Graph) -> None:
+        for reader, port, value in self.rewired:
+            graph.set_input(reader, port, value)
+        for op in reversed(self.copies):
+            graph.remove_op(op)
+        self.copies, self.rewired = [], []
+
+
+def untie_broadcasts(graph: Graph) -> Untied:
     """Copies, per reader, every Expand that repeats a unit axis to a constant size, with the
-    layout ops after it; returns how many copies were made."""
+    layout ops after it."""
     expands = [op for op in graph.ops if op.op_type == "Expand" and op.domain in ("", "ai.onnx")
                and _repeats_unit_axis(op)]
-    return sum(_untie(graph, op.outputs[0], [op]) for op in expands)
+    untied = Untied()
+    for op in expands:
+        _untie(graph, op.outputs[0], [op], untied)
+    return untied
 
 
 def _repeats_unit_axis(op: Op) -> bool:
@@ -32,21 +52,20 @@ def _repeats_unit_axis(op: Op) -> bool:
         bool(repeated_unit_axes(spec, list(shape)))
 
 
-def _untie(graph: Graph, value: Value, chain: list[Op]) -> int:
+def _untie(graph: Graph, value: Value, chain: list[Op], untied: Untied) -> None:
     """Gives every reader of `value` after the first its own copy of `chain` (the ops from the
     Expand down to `value`), then follows the layout ops among them."""
     if value in graph.outputs:
-        return 0
-    copies = 0
+        return
     for index, (reader, port) in enumerate(graph.consumers(value)):
         own = chain
         if index:
             own = _copy(graph, chain)
+            untied.copies.extend(own)
+            untied.rewired.append((reader, port, value))
             graph.set_input(reader, port, own[-1].outputs[0])
-            copies += 1
         if reader.op_type in _LAYOUT and port == 0 and reader.domain in ("", "ai.onnx"):
-            copies += _untie(graph, reader.outputs[0], [*own, reader])
-    return copies
+            _untie(graph, reader.outputs[0], [*own, reader], untied)
 
 
 def _copy(graph: Graph, chain: list[Op]) -> list[Op]:

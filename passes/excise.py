@@ -9,7 +9,7 @@ import numpy as np
 from graphsurg.passes._depgraph import DepGraph
 from graphsurg.passes._excise_apply import Excision
 from graphsurg.passes._excise_plan import Group, choose, collect_groups, emptied_groups, unit_scores
-from graphsurg.passes._excise_untie import untie_broadcasts
+from graphsurg.passes._excise_untie import Untied, untie_broadcasts
 
 from graphsurg.ir import Model
 from graphsurg.pipeline import Pass, PassContext, PassResult
@@ -76,7 +76,7 @@ class Excise(Pass):
     def run(self, model: Model, ctx: PassContext, result: PassResult) -> None:
         p = self.params
         before = model.parameter_count()
-        untied = untie_broadcasts(model.graph) if p.target != "channels" else 0
+        untied = untie_broadcasts(model.graph) if p.target != "channels" else Untied()
         dep = DepGraph.build(model, "channels" if p.target == "channels" else "heads", p.exclude)
         groups = collect_groups(dep)
         scores, dead = unit_scores(dep, model, p.importance, ctx) if groups else ({}, set())
@@ -85,11 +85,12 @@ class Excise(Pass):
             choose(group, dep, scores, dead, p.ratio, p.round_to, skip)
         self._undo_emptying(dep, groups)
         removed = {u for g in groups if g.status == "excised" for u in g.removed}
+        if not removed:  # the copies only served the grouping: nothing removed, nothing changed
+            untied.undo(model.graph)
         touched = Excision(dep, removed).run() if removed else []
         result.touch(*touched)
         self._record(dep, groups, result, before, model.parameter_count())
-        result.modified = result.modified or untied > 0  # the copies change the graph, if not its function
-        result.changes["untied_copies"] = untied
+        result.changes["untied_copies"] = len(untied.rewired)
 
     @staticmethod
     def _undo_emptying(dep: DepGraph, groups: list[Group]) -> None:

@@ -240,3 +240,16 @@ def test_dynamo_encoder_loses_heads_and_feed_forward_channels_together():
     cuts = {DYNAMO_LINEAR2[layer]: (0, rows) for layer, rows in feed_forward.items()}
     oracle = zeroed(heads_zeroed(model, heads, DYNAMO_OUT_PROJ.get), cuts).SerializeToString()
     assert max_difference(serde.to_bytes(ir), oracle, dynamo_feeds()) <= 1e-5
+
+
+@pytest.mark.parametrize("spec", ["excise{target=heads,ratio=0}", "excise{ratio=0.5,exclude=node_MatMul_*}"])
+def test_dynamo_encoder_left_whole_is_left_as_it_was(spec):
+    """The mask copies that keep layers apart serve only the grouping: a run that removes nothing
+    takes them back and reports nothing changed; the ops and weights are saved as they were (the
+    shapes the pass inferred stay in value_info)."""
+    model = onnx.load(DYNAMO_ENCODER / "model.onnx")
+    ir, result = excise_heads(model, spec)
+    saved = onnx.load_from_string(serde.to_bytes(ir))
+    assert not result.modified and result.changes["untied_copies"] == 0
+    assert list(saved.graph.node) == list(model.graph.node)
+    assert list(saved.graph.initializer) == list(model.graph.initializer)
