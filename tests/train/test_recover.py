@@ -62,8 +62,11 @@ def test_excised_cnn_recovered_by_distillation(capsys):
     refit of the layers that read removed channels (0.61 accuracy straight after excision instead of
     0.18, the same after recovery), lr 3e-3 to 5e-2, temperature 1 and 2, batch sizes 8 and 32, warmup,
     weight decay, frozen BatchNorm, and function-matching distillation (teacher run on mixup or noisy
-    inputs). The half-width network, not the starting point or the schedule, is the limit. The bound
-    is the worst seed with one test sample to spare."""
+    inputs), teacher-labelled shifted views, precise BatchNorm statistics, weight EMA. A randomly
+    initialised student of the same shape reaches 0.953-0.981 in the same five epochs and 100 epochs
+    give 0.9861-0.9917: the half-width network, not the starting point or the schedule, is the limit
+    (at ratio 0.25 the same recipe gives 0.9889-0.9917). The bound is the worst seed with one test
+    sample to spare."""
     original = H.accuracy(CNN)
     results = []
     for seed in range(3):
