@@ -14,6 +14,7 @@ import math
 import numpy as np
 from graphsurg.passes._excise_static import probed_ints, probes, static_ints
 from graphsurg.passes._excise_weights import (
+    copy_op,
     remove_dead,
     replace_effective,
     resolve_weight,
@@ -267,8 +268,6 @@ def _own_producer(graph: Graph, reader: Op, port: int) -> Op:
     producer = graph.producer(value)
     if len(graph.consumers(value)) == 1 and value not in graph.outputs:
         return producer
-    copy = graph.add_op(producer.op_type, producer.inputs, attrs=producer.attrs, name=producer.name or "target",
-                        domain=producer.domain)
-    copy.outputs[0].dtype, copy.outputs[0].shape = value.dtype, value.shape
+    copy = copy_op(graph, producer, list(producer.inputs), "target")
     graph.set_input(reader, port, copy.outputs[0])
     return copy

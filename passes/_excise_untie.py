@@ -13,11 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from graphsurg.passes._excise_rules_ops import repeated_unit_axes
-from graphsurg.passes._excise_weights import const_ints
+from graphsurg.passes._excise_weights import CHAIN_OPS, const_ints, copy_op
 
 from graphsurg.ir import Graph, Op, Value
-
-_LAYOUT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast"})
 
 
 @dataclass
@@ -64,7 +62,7 @@ def _untie(graph: Graph, value: Value, chain: list[Op], untied: Untied) -> None:
             untied.copies.extend(own)
             untied.rewired.append((reader, port, value))
             graph.set_input(reader, port, own[-1].outputs[0])
-        if reader.op_type in _LAYOUT and port == 0 and reader.domain in ("", "ai.onnx"):
+        if reader.op_type in CHAIN_OPS and port == 0 and reader.domain in ("", "ai.onnx"):
             _untie(graph, reader.outputs[0], [*own, reader], untied)
 
 
@@ -72,7 +70,5 @@ def _copy(graph: Graph, chain: list[Op]) -> list[Op]:
     copies: list[Op] = []
     for op in chain:
         inputs = [copies[-1].outputs[0], *op.inputs[1:]] if copies else list(op.inputs)
-        copy = graph.add_op(op.op_type, inputs, attrs=op.attrs, name=op.name or op.op_type, domain=op.domain)
-        copy.outputs[0].dtype, copy.outputs[0].shape = op.outputs[0].dtype, op.outputs[0].shape
-        copies.append(copy)
+        copies.append(copy_op(graph, op, inputs, op.op_type))
     return copies

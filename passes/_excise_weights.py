@@ -292,6 +292,13 @@ def replace_effective(graph: Graph, ref: WeightRef, effective: np.ndarray, suffi
         materialize(graph, ref, effective, suffix)
 
 
+def copy_op(graph: Graph, op: Op, inputs: list[Value | None], name: str) -> Op:
+    """A copy of single-output `op` reading `inputs`, its output typed and shaped like the original's."""
+    copy = graph.add_op(op.op_type, inputs, attrs=op.attrs, name=op.name or name, domain=op.domain)
+    copy.outputs[0].dtype, copy.outputs[0].shape = op.outputs[0].dtype, op.outputs[0].shape
+    return copy
+
+
 def set_const_input(graph: Graph, op: Op, port: int, array: np.ndarray, suffix: str = "excised") -> None:
     """Makes `op` read `array` at input `port`: edits the constant behind it, or (when the input is
     computed, e.g. shape arithmetic) gives the op a fresh initializer and drops what fed it."""
